@@ -1,0 +1,156 @@
+"""Execute the course notebooks headlessly with papermill and summarise the run.
+
+`python -m bloodlib run` executes notebooks into ``outputs/<profile>/``:
+``notebooks/`` (executed copies), ``results/`` (results JSON), ``figures/`` and
+``summary.md`` / ``summary.html``.  `python -m bloodlib bench` does the same in a
+heavier profile and copies the results JSON into the committed ``results/reference/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+REFERENCE_DIR = PROJECT_ROOT / "results" / "reference"
+
+
+@dataclass
+class NotebookResult:
+    """Outcome of executing one notebook."""
+
+    notebook: str
+    ok: bool
+    wall_time_s: float
+    output: str
+    error: str = ""
+
+
+def discover(selection: Optional[Sequence[str]] = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Numbered course notebooks (``NN_name.ipynb``), optionally filtered.
+
+    ``selection`` items may be a number prefix (``"05"``), a stem or a path.
+    """
+    all_nbs = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not selection:
+        return all_nbs
+    chosen = []
+    for item in selection:
+        path = Path(item)
+        if path.suffix == ".ipynb" and path.is_file():
+            chosen.append(path.resolve())
+            continue
+        matches = [p for p in all_nbs if p.stem == item or p.stem.startswith(f"{item}_")
+                   or p.name == item]
+        if not matches:
+            names = ", ".join(p.stem for p in all_nbs)
+            raise ValueError(f"No notebook matches {item!r}; available: {names}.")
+        chosen.extend(matches)
+    return chosen
+
+
+def execute(notebook: Path, out_dir: Path, profile: str, parameters: Optional[dict] = None,
+            timeout_s: Optional[int] = None) -> NotebookResult:
+    """Execute one notebook with papermill; never raises for a failing notebook."""
+    import papermill as pm
+
+    out_dir = Path(out_dir).resolve()
+    (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    output = out_dir / "notebooks" / notebook.name
+    params = {"PROFILE": profile, "OUTPUT_DIR": str(out_dir)}
+    params.update(parameters or {})
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(notebook), str(output), parameters=params,
+                            cwd=str(notebook.parent), kernel_name="python3",
+                            progress_bar=False, execution_timeout=timeout_s)
+        ok, error = True, ""
+    except Exception as exc:  # papermill wraps cell errors; report and carry on
+        ok, error = False, f"{type(exc).__name__}: {str(exc)[-2000:]}"
+    return NotebookResult(notebook.stem, ok, round(time.perf_counter() - start, 1),
+                          str(output), error)
+
+
+def write_summary(out_dir: Path, runs: Sequence[NotebookResult], profile: str) -> tuple[Path, Path]:
+    """Write ``summary.md`` and ``summary.html``: notebook status and every result table."""
+    from .results import load_results, summary_html, summary_markdown
+
+    results = load_results(out_dir / "results") if (out_dir / "results").is_dir() else []
+    lines = [f"# Course run, profile `{profile}`", "", "| notebook | status | wall time (s) |",
+             "|---|---|---|"]
+    lines += [f"| {r.notebook} | {'ok' if r.ok else 'FAILED'} | {r.wall_time_s:.1f} |" for r in runs]
+    total = sum(r.wall_time_s for r in runs)
+    lines += ["", f"Total: {total:.1f} s", ""]
+    lines += [f"**{r.notebook} failed:** `{r.error.splitlines()[-1] if r.error else ''}`"
+              for r in runs if not r.ok]
+    md = "\n".join(lines) + "\n\n" + summary_markdown(results)
+    status_rows = "".join(f"<tr><td>{r.notebook}</td><td>{'ok' if r.ok else 'FAILED'}</td>"
+                          f"<td>{r.wall_time_s:.1f}</td></tr>" for r in runs)
+    html = (f"<html><head><meta charset='utf-8'><title>Course run ({profile})</title></head><body>"
+            f"<h1>Course run, profile {profile}</h1><table border='1'><tr><th>notebook</th>"
+            f"<th>status</th><th>wall time (s)</th></tr>{status_rows}</table>"
+            f"<p>Total: {total:.1f} s</p>{summary_html(results)}</body></html>")
+    md_path, html_path = out_dir / "summary.md", out_dir / "summary.html"
+    md_path.write_text(md)
+    html_path.write_text(html)
+    (out_dir / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    return md_path, html_path
+
+
+def run_course(selection: Optional[Sequence[str]] = None, profile: str = "quick",
+               out_dir: Optional[Path] = None, parameters: Optional[dict] = None,
+               timeout_s: Optional[int] = None, log=print) -> list[NotebookResult]:
+    """Execute notebooks in order into ``out_dir`` (default ``outputs/<profile>``) and summarise."""
+    out_dir = Path(out_dir or PROJECT_ROOT / "outputs" / profile).resolve()
+    runs = []
+    for nb in discover(selection):
+        log(f"[{profile}] running {nb.name} ...")
+        res = execute(nb, out_dir, profile, parameters, timeout_s)
+        log(f"[{profile}] {nb.name}: {'ok' if res.ok else 'FAILED'} in {res.wall_time_s:.1f} s")
+        if not res.ok:
+            log(res.error)
+        runs.append(res)
+    md, _ = write_summary(out_dir, runs, profile)
+    log(f"summary: {md}")
+    return runs
+
+
+def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
+                      command: Optional[str] = None) -> list[Path]:
+    """Copy results JSON from a benchmark run into the committed reference folder.
+
+    Each file gains a ``run`` block with the exact command that produced it.
+    """
+    reference_dir.mkdir(parents=True, exist_ok=True)
+    command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "bloodlib", *sys.argv[1:]])
+    written = []
+    for src in sorted((Path(out_dir) / "results").glob("*.json")):
+        data = json.loads(src.read_text())
+        data["run"] = {"command": command, "runner": "papermill",
+                       "executed_notebooks": str(Path(out_dir) / "notebooks")}
+        dst = reference_dir / src.name
+        dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        written.append(dst)
+    return written
+
+
+def bench(selection: Iterable[str], profile: str = "bench_cpu", out_dir: Optional[Path] = None,
+          reference_dir: Path = REFERENCE_DIR, log=print) -> list[NotebookResult]:
+    """Run notebooks in a benchmark profile and publish their results JSON."""
+    out_dir = Path(out_dir or PROJECT_ROOT / "outputs" / f"bench_{profile}").resolve()
+    if out_dir.exists():
+        shutil.rmtree(out_dir / "results", ignore_errors=True)
+    runs = run_course(list(selection), profile, out_dir, log=log)
+    if all(r.ok for r in runs):
+        for path in publish_reference(out_dir, reference_dir):
+            log(f"reference result: {path}")
+    else:
+        log("Some notebooks failed; reference results were NOT updated.")
+    return runs

@@ -1,0 +1,83 @@
+"""Device choice, seeding and a record of the software and machine in use."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import torch
+
+_REPORTED_PACKAGES = ("torch", "torchvision", "numpy", "ultralytics", "pycocotools",
+                      "scikit-learn", "opencv-python-headless", "albumentations", "bloodlib")
+
+
+def get_device(preference: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else Apple MPS, else CPU.
+
+    Asking for ``"cuda"`` on a machine without it raises a clear error instead of
+    silently running on the CPU.
+    """
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("DEVICE='cuda' was requested but no CUDA GPU is visible; "
+                           "use DEVICE='auto' or 'cpu'.")
+    return device
+
+
+def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
+    """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return seed
+
+
+def package_versions(names: tuple[str, ...] = _REPORTED_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that shape results (absent ones omitted)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _total_memory_gb() -> float | None:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return round(pages * page_size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def environment_info(device: torch.device | None = None) -> dict[str, Any]:
+    """Versions, device and machine facts, as recorded in every results JSON."""
+    device = device or get_device()
+    info: dict[str, Any] = {
+        "device": str(device),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": _total_memory_gb(),
+        "executable": sys.executable,
+        "versions": package_versions(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

@@ -1,0 +1,102 @@
+"""The same start and end for every notebook.
+
+```python
+run = bloodlib.session.start("wcsegnet", profile=PROFILE, device=DEVICE, seed=SEED,
+                             output_dir=OUTPUT_DIR, data_dir=DATA_DIR)
+...
+run.save_figure(fig, "training_curves")
+run.finish(paper="paper5", dataset="jiangxi", split="test", metrics={...})
+```
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from . import config, runtime
+
+
+@dataclass
+class NotebookRun:
+    """State of one notebook run: knobs, device, seed, output folders, timer."""
+
+    experiment: str
+    profile: str
+    knobs: Mapping[str, Any]
+    device: torch.device
+    seed: int
+    output_dir: Path
+    started: float = field(default_factory=time.perf_counter)
+    figures: list[Path] = field(default_factory=list)
+    results: list[Path] = field(default_factory=list)
+
+    @property
+    def figure_dir(self) -> Path:
+        return self.output_dir / "figures" / self.experiment
+
+    @property
+    def results_dir(self) -> Path:
+        return self.output_dir / "results"
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 110) -> Path:
+        """Save a matplotlib figure as PNG under ``figures/<experiment>/`` and return its path."""
+        self.figure_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figure_dir / f"{name}.png"
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        self.figures.append(path)
+        return path
+
+    def finish(self, *, paper: str, dataset: str, split: str, metrics: Mapping[str, float],
+               experiment: Optional[str] = None, config: Optional[Mapping[str, Any]] = None,
+               notes: str = "", model: Optional[str] = None,
+               extra: Optional[Mapping[str, Any]] = None) -> Path:
+        """Write a results JSON for this run (one call per result table row group)."""
+        from .results import make_result, write_result
+
+        cfg = dict(self.knobs)
+        cfg.update(config or {})
+        result = make_result(experiment or self.experiment, paper, dataset, split,
+                             {k: float(v) for k, v in metrics.items()}, cfg, self.seed,
+                             self.profile, round(self.elapsed_s, 2), device=str(self.device),
+                             notes=notes, model=model, extra=dict(extra or {}))
+        path = write_result(result, self.results_dir)
+        self.results.append(path)
+        return path
+
+
+def start(experiment: str, profile: str = "quick", device: str = "auto", seed: int = 0,
+          output_dir: str | os.PathLike = "outputs/interactive",
+          data_dir: str | os.PathLike | None = None, verbose: bool = True,
+          **overrides: Any) -> NotebookRun:
+    """Seed, choose the device, resolve the profile's knobs and prepare output folders.
+
+    ``data_dir`` (when given) sets ``BLOODLIB_DATA`` for this process so every loader
+    finds the datasets there.
+    """
+    knobs = config.get_profile(experiment, profile, **overrides)
+    if data_dir:
+        os.environ["BLOODLIB_DATA"] = str(Path(data_dir).expanduser().resolve())
+    runtime.seed_everything(seed)
+    dev = runtime.get_device(device)
+    out = Path(output_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    run = NotebookRun(experiment, profile, knobs, dev, seed, out)
+    if verbose:
+        info = runtime.environment_info(dev)
+        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+        print(f"experiment={experiment} profile={profile} device={dev} seed={seed}")
+        print(f"cpus={info['cpu_count']} torch threads={info['torch_threads']} "
+              f"memory={info['memory_gb']} GiB")
+        print(f"versions: {versions}")
+        print(f"outputs -> {out}")
+    return run
