@@ -42,7 +42,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     status = 0
     for name in args.names:
         report = verify(name)
-        print(f"{name}: {report}")
+        print(f"{name}: {report.summary()}")
         status |= 0 if report.ok else 1
     return status
 

@@ -37,3 +37,10 @@ class MaskError(AnnotationError):
 
 class WeightsNotFoundError(BloodlibError, FileNotFoundError):
     """Model weights are not available locally and may not be downloaded."""
+
+
+class UnknownDatasetError(BloodlibError, KeyError, ValueError):
+    """A dataset name is not in the catalogue."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
