@@ -7,10 +7,12 @@ import platform
 import random
 import sys
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported lazily so version/machine records stay cheap
+    import torch
 
 _REPORTED_PACKAGES = ("torch", "torchvision", "numpy", "ultralytics", "pycocotools",
                       "scikit-learn", "opencv-python-headless", "albumentations", "bloodlib")
@@ -22,6 +24,8 @@ def get_device(preference: str = "auto") -> torch.device:
     Asking for ``"cuda"`` on a machine without it raises a clear error instead of
     silently running on the CPU.
     """
+    import torch
+
     if preference == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -37,6 +41,8 @@ def get_device(preference: str = "auto") -> torch.device:
 
 def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
     """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -58,7 +64,8 @@ def package_versions(names: tuple[str, ...] = _REPORTED_PACKAGES) -> dict[str, s
     return versions
 
 
-def _total_memory_gb() -> float | None:
+def total_memory_gb() -> float | None:
+    """Physical memory of this machine in GiB (None where the OS does not say)."""
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         return round(pages * page_size / 2**30, 1)
@@ -68,13 +75,15 @@ def _total_memory_gb() -> float | None:
 
 def environment_info(device: torch.device | None = None) -> dict[str, Any]:
     """Versions, device and machine facts, as recorded in every results JSON."""
+    import torch
+
     device = device or get_device()
     info: dict[str, Any] = {
         "device": str(device),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "memory_gb": _total_memory_gb(),
+        "memory_gb": total_memory_gb(),
         "executable": sys.executable,
         "versions": package_versions(),
     }
