@@ -208,10 +208,10 @@ CATALOGUE: dict[str, DatasetInfo] = {d.name: d for d in [
         name="segpc2021",
         title="SegPC-2021: multiple-myeloma plasma cells (SBILab)",
         description="Bone-marrow aspirate images of multiple-myeloma plasma cells: 298 train and "
-                    "199 valid images resized to 512x512 with merged binary masks "
+                    "199 valid images letterboxed to 512x512 with merged binary masks "
                     "(MultipleMyeloma-ImageMask-Dataset_V2/{train,valid}/{images,masks}), plus "
                     "per-instance COCO polygons for cells and nuclei at the original resolution "
-                    "(annotations/*.json; scale by 512/width, 512/height; ids match by stem).",
+                    "(annotations/*.json; letterbox transform applied by the parser; ids match by stem).",
         tasks=("instance_segmentation", "semantic_segmentation"),
         classes=("cell", "nucleus"),
         licence="CC BY-NC-SA 4.0 (non-commercial)",
