@@ -238,6 +238,24 @@ def sample_grid(images: Sequence[Any], titles: Optional[Sequence[str]] = None, n
     return fig
 
 
+def detection_grid(samples: Sequence[Mapping[str, Any]], ncols: int = 3, size: float = 3.5) -> Figure:
+    """Several annotated images in a grid; each sample is a dict of
+    :func:`draw_detections` arguments (``image``, ``boxes``, ``labels``, optional
+    ``scores``, ``masks``, ``title``)."""
+    n = len(samples)
+    ncols = max(1, min(ncols, n or 1))
+    nrows = max(1, -(-n // ncols))
+    fig, axes = _new_figure(nrows, ncols, (size * ncols, size * nrows * 0.8))
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < n:
+            draw_detections(ax=ax, **samples[k])
+    if n == 0:
+        _empty(axes[0, 0], "no images")
+    fig.tight_layout()
+    return fig
+
+
 _SPLIT_PREFIXES = ("train_", "val_", "valid_", "test_", "train/", "val/", "metrics/")
 
 
