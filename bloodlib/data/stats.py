@@ -69,12 +69,13 @@ def mask_stats(records: Sequence[MaskedImage]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def duplicate_report(name: str, paths: Sequence[PathLike] | Mapping[str, Sequence[PathLike]]) -> dict[str, Any]:
+def duplicate_report(name: str, paths: Sequence[PathLike] | Mapping[str, Sequence[PathLike]],
+                     hashes: Mapping[Path, str] | None = None) -> dict[str, Any]:
     """Pixel-identical duplicates in a dataset; given ``{split: paths}`` it also lists
-    groups that cross splits (leakage)."""
+    groups that cross splits (leakage). Pass ``hashes`` to reuse :func:`hash_images`."""
     splits = dict(paths) if isinstance(paths, Mapping) else None
     flat = [p for ps in splits.values() for p in ps] if splits else list(paths)
-    hashes = hash_images(flat)
+    hashes = hashes if hashes is not None else hash_images(flat)
     groups = find_duplicates(flat, hashes)
     report: dict[str, Any] = {"dataset": name, "images": len(flat), "duplicate_groups": len(groups),
                               "images_in_groups": sum(map(len, groups)),

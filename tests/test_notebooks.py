@@ -1,0 +1,67 @@
+"""Every course notebook: committed clean, one `parameters` cell, and runs in the quick profile.
+
+Each notebook declares in its metadata ``bloodlib.experiment`` and
+``bloodlib.expected_figures``; the run must write those figures and at least one
+results JSON whose metrics are all finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nbformat
+import pytest
+
+from bloodlib.notebooks import NOTEBOOK_DIR, discover, execute
+
+NOTEBOOKS = discover()
+REQUIRED_PARAMETERS = ("PROFILE", "DEVICE", "DATA_DIR", "SEED", "OUTPUT_DIR")
+QUICK_LIMIT_S = 300
+
+
+def _read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def test_course_has_notebooks():
+    assert NOTEBOOKS, f"no numbered notebooks in {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(path):
+    nb = _read(path)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_one_parameters_cell(path):
+    nb = _read(path)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', got {len(tagged)}"
+    for name in REQUIRED_PARAMETERS:
+        assert f"{name} =" in tagged[0].source, f"{path.name}: parameters cell lacks {name}"
+    meta = nb.metadata.get("bloodlib", {})
+    assert meta.get("experiment") and isinstance(meta.get("expected_figures"), list)
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(QUICK_LIMIT_S + 120)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_in_quick_profile(path, tmp_path):
+    meta = _read(path).metadata["bloodlib"]
+    run = execute(path, tmp_path, "quick")
+    assert run.ok, run.error
+    assert run.wall_time_s < QUICK_LIMIT_S, f"{path.name} took {run.wall_time_s:.0f} s in quick profile"
+    results = sorted((tmp_path / "results").glob("*.json"))
+    assert results, f"{path.name} wrote no results JSON"
+    for res in results:
+        data = json.loads(res.read_text())
+        assert data["profile"] == "quick" and data["metrics"]
+        bad = {k: v for k, v in data["metrics"].items() if not math.isfinite(v)}
+        assert not bad, f"{res.name}: non-finite metrics {bad}"
+    fig_dir = tmp_path / "figures" / meta["experiment"]
+    missing = [f for f in meta["expected_figures"] if not (fig_dir / f"{f}.png").is_file()]
+    assert not missing, f"{path.name} did not write figures {missing}"
