@@ -122,6 +122,14 @@ def run_course(selection: Optional[Sequence[str]] = None, profile: str = "quick"
     return runs
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the project root when inside it (no machine-specific paths)."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
                       command: Optional[str] = None) -> list[Path]:
     """Copy results JSON from a benchmark run into the committed reference folder.
@@ -134,7 +142,7 @@ def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
     for src in sorted((Path(out_dir) / "results").glob("*.json")):
         data = json.loads(src.read_text())
         data["run"] = {"command": command, "runner": "papermill",
-                       "executed_notebooks": str(Path(out_dir) / "notebooks")}
+                       "executed_notebooks": _relative(Path(out_dir) / "notebooks")}
         dst = reference_dir / src.name
         dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         written.append(dst)
@@ -144,7 +152,7 @@ def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
 def bench(selection: Iterable[str], profile: str = "bench_cpu", out_dir: Optional[Path] = None,
           reference_dir: Path = REFERENCE_DIR, log=print) -> list[NotebookResult]:
     """Run notebooks in a benchmark profile and publish their results JSON."""
-    out_dir = Path(out_dir or PROJECT_ROOT / "outputs" / f"bench_{profile}").resolve()
+    out_dir = Path(out_dir or PROJECT_ROOT / "outputs" / profile).resolve()
     if out_dir.exists():
         shutil.rmtree(out_dir / "results", ignore_errors=True)
     runs = run_course(list(selection), profile, out_dir, log=log)
