@@ -1,0 +1,9 @@
+"""Training loop, evaluation/prediction helpers and checkpoints."""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .trainer import (History, evaluate_segmentation, fit, last_checkpoint_path, mean_loss,
+                      predict_segmentation, segmentation_evaluator, train_one_epoch)
+
+__all__ = ["fit", "History", "train_one_epoch", "mean_loss", "evaluate_segmentation",
+           "segmentation_evaluator", "predict_segmentation", "save_checkpoint",
+           "load_checkpoint", "last_checkpoint_path"]

@@ -1,0 +1,102 @@
+"""Checkpoints that load with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is a plain dict of tensors and JSON-able primitives::
+
+    {"format": 1, "model_state": ..., "meta": {...}, "epoch": int | None,
+     "optimizer_state": ... | None, "scheduler_state": ... | None, "history": [...],
+     "extra": {...}}
+
+``meta`` describes how to use the weights (classes, input size, preprocessing, model
+name and kwargs); it is checked to be JSON-able when saving, so a checkpoint never
+needs pickled Python objects to load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["save_checkpoint", "load_checkpoint", "jsonable"]
+
+FORMAT_VERSION = 1
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, torch.Size):
+        return list(obj)
+    raise TypeError(f"Checkpoint metadata must be JSON-able; {type(obj).__name__} "
+                    f"({obj!r:.60}) is not. Store names/numbers/lists instead.")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON primitives (tuples -> lists, Paths -> str); TypeError otherwise."""
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DataParallel / torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model) if isinstance(model, nn.DataParallel) else model
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: Optional[Mapping[str, Any]] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None,
+                    epoch: Optional[int] = None, *, scheduler: Any = None,
+                    history: Optional[list[dict]] = None,
+                    extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write model (and optionally optimizer/scheduler state, epoch, history) to ``path``.
+
+    The file is written to a temporary name and renamed, so an interrupted save never
+    leaves a truncated checkpoint behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "model_state": _unwrap(model).state_dict(),
+        "meta": jsonable(dict(meta or {})),
+        "epoch": None if epoch is None else int(epoch),
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+        "history": jsonable(list(history or [])),
+        "extra": jsonable(dict(extra or {})),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, model: Optional[nn.Module] = None,
+                    map_location: Any = "cpu", *,
+                    optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler: Any = None, strict: bool = True) -> dict[str, Any]:
+    """Read a checkpoint (``weights_only=True``); load its states into the given objects.
+
+    Returns the checkpoint dict (``meta``, ``epoch``, ``history``, states ...).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}; train first or fix the path.")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise ValueError(f"{path} is not a bloodlib checkpoint (no 'model_state').")
+    if model is not None:
+        _unwrap(model).load_state_dict(ckpt["model_state"], strict=strict)
+    if optimizer is not None and ckpt.get("optimizer_state") is not None:
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+    if scheduler is not None and ckpt.get("scheduler_state") is not None:
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+    return ckpt

@@ -1,0 +1,14 @@
+"""Segmentation models: U-Net family, paper 5's WCSegNet, and a name -> model registry.
+
+segmentation-models-pytorch (DeepLabV3+, smp encoders) is imported only when such a
+model is built, so ``import bloodlib.models`` stays fast.
+"""
+
+from .segmentation_zoo import (SEGMENTATION_MODELS, PadToMultiple, ResUNet,
+                               build_segmentation_model, count_parameters, model_summary)
+from .unet import CBAM, DilatedBottleneck, DoubleConv, UNet
+from .wcsegnet import ConvBlock, WCSegNet
+
+__all__ = ["UNet", "DoubleConv", "CBAM", "DilatedBottleneck", "WCSegNet", "ConvBlock",
+           "ResUNet", "PadToMultiple", "SEGMENTATION_MODELS", "build_segmentation_model",
+           "count_parameters", "model_summary"]
