@@ -9,6 +9,7 @@ heavier profile and copies the results JSON into the committed ``results/referen
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -109,6 +110,7 @@ def run_course(selection: Optional[Sequence[str]] = None, profile: str = "quick"
                timeout_s: Optional[int] = None, log=print) -> list[NotebookResult]:
     """Execute notebooks in order into ``out_dir`` (default ``outputs/<profile>``) and summarise."""
     out_dir = Path(out_dir or PROJECT_ROOT / "outputs" / profile).resolve()
+    os.environ.setdefault("BLOODLIB_COMMAND", _invocation())  # kernels inherit it
     runs = []
     for nb in discover(selection):
         log(f"[{profile}] running {nb.name} ...")
@@ -120,6 +122,13 @@ def run_course(selection: Optional[Sequence[str]] = None, profile: str = "quick"
     md, _ = write_summary(out_dir, runs, profile)
     log(f"summary: {md}")
     return runs
+
+
+def _invocation() -> str:
+    """This process's command line as a user would type it."""
+    if Path(sys.argv[0]).name in ("__main__.py", "bloodlib", "cli.py"):
+        return " ".join(shlex.quote(a) for a in ["python", "-m", "bloodlib", *sys.argv[1:]])
+    return " ".join(shlex.quote(a) for a in sys.argv)
 
 
 def _relative(path: Path) -> str:
@@ -137,7 +146,7 @@ def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
     Each file gains a ``run`` block with the exact command that produced it.
     """
     reference_dir.mkdir(parents=True, exist_ok=True)
-    command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "bloodlib", *sys.argv[1:]])
+    command = command or _invocation()
     written = []
     for src in sorted((Path(out_dir) / "results").glob("*.json")):
         data = json.loads(src.read_text())

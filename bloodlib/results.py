@@ -73,6 +73,16 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # torch.device, dtypes, enums ...
 
 
+def _command() -> str:
+    """The command that produced a result: the course runner's (``BLOODLIB_COMMAND``,
+    set by :mod:`bloodlib.notebooks`) inside a notebook kernel, else this process's argv."""
+    if os.environ.get("BLOODLIB_COMMAND"):
+        return os.environ["BLOODLIB_COMMAND"]
+    if "ipykernel" in (sys.argv[0] if sys.argv else ""):
+        return "interactive notebook session"
+    return " ".join(sys.argv)
+
+
 def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "ram_gb": total_memory_gb()}
@@ -162,7 +172,7 @@ def make_result(experiment: str, paper: str, dataset: str, split: str,
         "notes": notes, "extra": _jsonable(dict(extra or {})),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(), "machine": _machine(),
-        "command": " ".join(sys.argv), "peak_memory_mb": _peak_memory_mb(),
+        "command": _command(), "peak_memory_mb": _peak_memory_mb(),
     }
 
 
@@ -264,7 +274,19 @@ def _summary_tables(results: Iterable[Mapping[str, Any]]) -> dict[str, pd.DataFr
                "wall time (s)": float(r["wall_time_s"])}
         row.update({k: np.nan if v is None else float(v) for k, v in r["metrics"].items()})
         groups.setdefault(str(r["experiment"]), []).append(row)
-    return {exp: pd.DataFrame(rows) for exp, rows in sorted(groups.items())}
+    return {exp: _readable(pd.DataFrame(rows)) for exp, rows in sorted(groups.items())}
+
+
+_WIDE_LIMIT = 16  # beyond this many columns, metrics are listed as rows instead
+
+
+def _readable(df: pd.DataFrame) -> pd.DataFrame:
+    """Transpose a table too wide to read: one row per field, one column per run."""
+    if df.shape[1] <= _WIDE_LIMIT:
+        return df
+    wide = df.T.reset_index()
+    wide.columns = ["field"] + [f"run {i + 1}" for i in range(len(df))]
+    return wide
 
 
 def _fmt(value: Any) -> str:

@@ -179,3 +179,12 @@ def test_compare_errors_list_valid_names():
     with pytest.raises(BloodlibError, match="metric_map"):
         R.compare_with_paper({"x": 0.9}, "paper1", "table2", {"model": "MCNet"})
     assert isinstance(R.paper_table("paper1", "table2"), pd.DataFrame)
+
+
+def test_summary_lists_many_metrics_as_rows():
+    from bloodlib.results import make_result, summary_markdown
+
+    metrics = {f"m{i}": float(i) for i in range(20)}
+    res = make_result("wide", "none", "synthetic", "all", metrics, {}, 0, "quick", 1.0)
+    text = summary_markdown([res])
+    assert "| field | run 1 |" in text and "| m19 | 19 |" in text
