@@ -1,0 +1,454 @@
+"""Paper 5 (WCSegNet): WBC-nucleus segmentation on the Zheng sets (Jiangxi, CellaVision).
+
+The task, as paper 5 (section 2.1-2.3) defines it: **4 classes per pixel** — background
+and the nucleus of a neutrophil, a lymphocyte or a basophil. The nucleus class of an image
+is its WBC type (the Zheng CSV label); cytoplasm counts as background. Monocytes and
+eosinophils are left out of paper 5 entirely: :func:`paper5_records` returns them
+separately so that a notebook can count them.
+
+Choices made here (the paper does not say):
+
+* **Metrics** (Table 1). The paper gives the binary formulas (TP/FP/FN, eq. 3-6) and
+  calls the last column "mean IoU", so the scores are averaged over classes; with only
+  four classes and values of 0.96-0.98 the background must be in the average (the Keras
+  ``MeanIoU`` convention). We therefore report, from one confusion matrix pooled over
+  all test pixels: ``accuracy`` = pixel accuracy; ``precision``, ``dice``, ``mIoU`` =
+  the mean over the four classes **including background**, skipping classes that are
+  neither present nor predicted (so a split without a basophil averages over three).
+  The foreground-only means (``precision_fg``, ``dice_fg``, ``mIoU_fg``), the per-class
+  values and ``nucleus_dice`` (every nucleus vs the rest, type ignored) are reported too.
+* **Split**: 80:20 train/test stratified by WBC type (section 3). Classes with fewer
+  than ``min_count`` (2) images cannot be stratified: they stay in train (Jiangxi's
+  single basophil), so the Jiangxi test set has no basophil. For early stopping and the
+  convergence curves a validation part is carved out of train the same way; the test
+  set is used once, at the end.
+* **Optimiser**: Adam (lr 1e-4 in ``full``, as the paper's learning rate; 1e-3 in the CPU
+  profiles, which train for minutes), batch 16, categorical cross-entropy on logits.
+* **Resolution**: every image is resized to ``image_size`` (the paper: 120x120) after
+  augmentation; metrics are computed at that resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import register
+from ..data.masks import NUCLEUS, read_label_mask
+from ..data.records import MaskedImage
+from ..data.splits import stratified_split
+
+EXPERIMENT = "wcsegnet"
+PAPER = "paper5"
+CLASS_NAMES = ("background", "neutrophil", "lymphocyte", "basophil")
+PAPER5_TYPES = {"neutrophil": 1, "lymphocyte": 2, "basophil": 3}
+EXCLUDED_TYPES = ("monocyte", "eosinophil")
+#: Paper 5's mask colours (Figure 7): black background, red / blue / green nuclei.
+PAPER5_COLORS = ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 0.8, 0.0))
+MODELS = ("unet_relu", "unet_leaky", "wcsegnet")
+MODEL_LABELS = {"unet_relu": "Unet (Relu)", "unet_leaky": "Unet (LeakyRelu)",
+                "wcsegnet": "WCSegNet"}
+DATASET_LABELS = {"jiangxi": "Jiangxi", "cellavision": "CellaVision"}
+TABLE1_METRICS = ("accuracy", "precision", "dice", "mIoU")
+
+_COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
+           "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
+           "val_fraction": 0.15, "min_count": 2, "num_workers": 0}
+register(EXPERIMENT, {
+    # the whole notebook in ~1-2 min on 2 cores: Jiangxi only, a subset, a few epochs
+    "quick": {**_COMMON, "datasets": ["jiangxi"], "image_size": 96, "width": 0.25,
+              "epochs": 8, "batch_size": 8, "lr": 1e-3, "max_train_batches": 8,
+              "max_train_images": 64, "max_val_images": 16, "max_test_images": 40,
+              "early_stopping_patience": None, "time_budget_s": {"jiangxi": 40, "cellavision": 40},
+              "samples_per_grid": 6, "qualitative_n": 4, "synthetic_images": 80},
+    # ~20 min on 2 cores: 3 models x (300 s Jiangxi + 100 s CellaVision)
+    "bench_cpu": {**_COMMON, "datasets": ["jiangxi", "cellavision"], "image_size": 120,
+                  "width": 0.25, "epochs": 100, "batch_size": 16, "lr": 1e-3,
+                  "max_train_batches": None, "max_train_images": None, "max_val_images": None,
+                  "max_test_images": None, "early_stopping_patience": 15,
+                  "time_budget_s": {"jiangxi": 300, "cellavision": 100},
+                  "samples_per_grid": 8, "qualitative_n": 6, "synthetic_images": 100},
+    # the paper's protocol (GPU): 120 px, full width, Adam 1e-4, batch 16, CE, early stop
+    "full": {**_COMMON, "datasets": ["jiangxi", "cellavision"], "image_size": 120,
+             "width": 1.0, "epochs": 100, "batch_size": 16, "lr": 1e-4,
+             "max_train_batches": None, "max_train_images": None, "max_val_images": None,
+             "max_test_images": None, "early_stopping_patience": 20, "time_budget_s": None,
+             "samples_per_grid": 8, "qualitative_n": 8, "synthetic_images": 200},
+})
+
+
+# ----------------------------------------------------------------------------- data
+def paper5_mask(rec: MaskedImage) -> np.ndarray:
+    """Paper 5's 4-class mask of one record: 0 background (cytoplasm included), the
+    nucleus pixels get the class of the image's WBC type (1 neutrophil, 2 lymphocyte,
+    3 basophil). Raises ValueError for a type paper 5 leaves out."""
+    if rec.label not in PAPER5_TYPES:
+        raise ValueError(f"{rec.image_path}: WBC type {rec.label!r} is not one of paper 5's "
+                         f"{sorted(PAPER5_TYPES)}; filter records with paper5_records first.")
+    labels = read_label_mask(rec)
+    return np.where(labels == NUCLEUS, PAPER5_TYPES[rec.label], 0).astype(np.uint8)
+
+
+def filter_paper5(records: Sequence[MaskedImage]) -> tuple[list[MaskedImage], list[MaskedImage]]:
+    """(records of paper 5's three types, records of the excluded types)."""
+    keep = [r for r in records if r.label in PAPER5_TYPES]
+    return keep, [r for r in records if r.label not in PAPER5_TYPES]
+
+
+def paper5_records(which: str = "jiangxi", root: Any = None
+                   ) -> tuple[list[MaskedImage], list[MaskedImage]]:
+    """Zheng subset ``which`` ("jiangxi" / "cellavision") as ``(included, excluded)``:
+    neutrophils, lymphocytes and basophils; and the monocytes and eosinophils that paper 5
+    leaves out."""
+    from ..data.parsers.zheng import load_zheng
+    return filter_paper5(load_zheng(which, root))
+
+
+def load_or_synthesize(which: str, knobs: Mapping[str, Any], out_dir: Any, seed: int = 0
+                       ) -> tuple[list[MaskedImage], list[MaskedImage], str]:
+    """``paper5_records(which)``, or when the Zheng data is missing synthetic Zheng-format
+    crops (:func:`bloodlib.data.synthetic.write_segmentation_set`); returns
+    ``(included, excluded, source)`` with source "zheng" or "synthetic"."""
+    from ..data import synthetic
+    from ..errors import DatasetNotFoundError
+    try:
+        inc, exc = paper5_records(which)
+        return inc, exc, "zheng"
+    except DatasetNotFoundError:
+        recs = synthetic.write_segmentation_set(Path(out_dir) / f"synthetic_{which}",
+                                                int(knobs["synthetic_images"]), seed,
+                                                size=int(knobs["image_size"]))
+        inc, exc = filter_paper5(recs)
+        return inc, exc, "synthetic"
+
+
+@dataclass
+class RecordSplit:
+    """Two parts of a record list; ``kept_in_train`` = classes too small to stratify."""
+
+    train: list[MaskedImage]
+    test: list[MaskedImage]
+    kept_in_train: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> pd.DataFrame:
+        """Images per class (rows) and part (columns)."""
+        return pd.DataFrame({"train": Counter(r.label for r in self.train),
+                             "test": Counter(r.label for r in self.test)}).fillna(0).astype(int)
+
+
+def split_records(records: Sequence[MaskedImage], seed: int = 0, test_fraction: float = 0.2,
+                  min_count: int = 2) -> RecordSplit:
+    """Deterministic split stratified by label (80:20 by default, as paper 5).
+
+    Classes with fewer than ``min_count`` images (at least 2 are needed to stratify) go
+    entirely into train and are listed in ``kept_in_train`` — e.g. Jiangxi's single
+    basophil, so its test set holds no basophil.
+    """
+    records = list(records)
+    counts = Counter(r.label for r in records)
+    small = {c: n for c, n in counts.items() if n < max(min_count, 2)}
+    big = [i for i, r in enumerate(records) if r.label not in small]
+    parts = stratified_split([records[i].label for i in big],
+                             {"train": 1 - test_fraction, "test": test_fraction}, seed=seed) \
+        if big else {"train": [], "test": []}
+    train = sorted([big[i] for i in parts["train"]]
+                   + [i for i, r in enumerate(records) if r.label in small])
+    return RecordSplit([records[i] for i in train], [records[big[i]] for i in parts["test"]],
+                       dict(sorted(small.items())))
+
+
+def take_subset(records: Sequence[MaskedImage], n: Optional[int], seed: int = 0) -> list[MaskedImage]:
+    """At most ``n`` records, drawn round-robin over the classes (each class shuffled with
+    ``seed``) so that every class stays represented; the original order is kept."""
+    records = list(records)
+    if n is None or n >= len(records):
+        return records
+    rng = np.random.default_rng(seed)
+    by_class = {c: list(rng.permutation([i for i, r in enumerate(records) if r.label == c]))
+                for c in sorted({r.label for r in records})}
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for c in by_class:
+            if by_class[c] and len(chosen) < n:
+                chosen.append(int(by_class[c].pop(0)))
+    return [records[i] for i in sorted(chosen)]
+
+
+def class_counts(parts: Mapping[str, Sequence[MaskedImage]]) -> pd.DataFrame:
+    """Images per WBC type (rows) for each named part (columns), with a total row."""
+    df = pd.DataFrame({k: Counter(r.label for r in v) for k, v in parts.items()}).fillna(0)
+    order = [c for c in (*PAPER5_TYPES, *EXCLUDED_TYPES) if c in df.index]
+    df = df.loc[order].astype(int)
+    df.loc["total"] = df.sum()
+    return df
+
+
+def make_dataset(records: Sequence[MaskedImage], knobs: Mapping[str, Any], train: bool = False,
+                 seed: int = 0):
+    """A :class:`SegmentationDataset` with paper 5's masks, resized to ``image_size``;
+    with ``train`` and ``knobs["augment"]`` paper 5's augmentation."""
+    from ..data.datasets import SegmentationDataset
+    from ..transforms.augment import AlbumentationsSegmentation, paper5_augmentation
+    tf = AlbumentationsSegmentation(paper5_augmentation(shear=knobs.get("shear", 0.2), seed=seed)) \
+        if train and knobs.get("augment", True) else None
+    return SegmentationDataset(records, decode=paper5_mask, transforms=tf,
+                               size=int(knobs["image_size"]))
+
+
+def _loader(records, knobs, train: bool, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(make_dataset(records, knobs, train, seed), batch_size=int(knobs["batch_size"]),
+                      shuffle=train, generator=g, num_workers=int(knobs.get("num_workers", 0)))
+
+
+# ----------------------------------------------------------------------------- metrics
+def paper5_metrics(multi: Mapping[str, float], nucleus: Mapping[str, float]) -> dict[str, float]:
+    """Table 1's metrics from a 4-class and a nucleus-vs-rest meter (see module docstring)."""
+    prec = np.array([multi[f"precision/{c}"] for c in CLASS_NAMES], float)
+    prec_fg = prec[1:]
+    out = {
+        "accuracy": multi["pixel_accuracy"],
+        "precision": float(np.nanmean(prec)) if np.isfinite(prec).any() else float("nan"),
+        "dice": multi["mDice"], "mIoU": multi["mIoU"],
+        "precision_fg": float(np.nanmean(prec_fg)) if np.isfinite(prec_fg).any() else float("nan"),
+        "dice_fg": multi["mDice_fg"], "mIoU_fg": multi["mIoU_fg"],
+        "nucleus_dice": nucleus["Dice/foreground"], "nucleus_iou": nucleus["IoU/foreground"],
+    }
+    for c in CLASS_NAMES[1:]:
+        out[f"dice_{c}"] = multi[f"Dice/{c}"]
+        out[f"iou_{c}"] = multi[f"IoU/{c}"]
+    return {k: float(v) for k, v in out.items()}
+
+
+def finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Only the finite values (e.g. drops the basophil scores of a test set without one)."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+
+
+@torch.no_grad()
+def _evaluate_loader(model, loader, device) -> dict[str, float]:
+    from ..metrics.segmentation import SegmentationMeter
+    multi = SegmentationMeter(4, CLASS_NAMES)
+    nuc = SegmentationMeter(4, binary_foreground=[1, 2, 3])
+    was = model.training
+    model.eval()
+    try:
+        for x, y in loader:
+            pred = model(x.to(device)).argmax(1).cpu()
+            multi.update(pred, y)
+            nuc.update(pred, y)
+    finally:
+        model.train(was)
+    return paper5_metrics(multi.compute(), nuc.compute())
+
+
+def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapping[str, Any],
+             device: Any = "cpu") -> dict[str, float]:
+    """Table 1's metrics (and extras) of ``model`` on ``records``, pooled over all pixels."""
+    device = torch.device(device)
+    model.to(device)
+    return _evaluate_loader(model, _loader(records, knobs, False, 0), device)
+
+
+# ----------------------------------------------------------------------------- training
+def build_model(name: str, knobs: Mapping[str, Any], width: Optional[float] = None) -> torch.nn.Module:
+    """One of :data:`MODELS` with 4 output classes at ``width`` (default the profile's)."""
+    from ..models.segmentation_zoo import build_segmentation_model
+    return build_segmentation_model(name, int(knobs.get("num_classes", 4)),
+                                    width=float(knobs["width"] if width is None else width))
+
+
+def _budget(knobs: Mapping[str, Any], dataset: Optional[str]) -> Optional[float]:
+    b = knobs.get("time_budget_s")
+    if isinstance(b, Mapping):
+        return b.get(dataset) if dataset else max(b.values())
+    return b
+
+
+def train_model(name: str, train_records: Sequence[MaskedImage],
+                val_records: Sequence[MaskedImage], knobs: Mapping[str, Any], device: Any = "cpu",
+                seed: int = 0, checkpoint_dir: Any = None, dataset: Optional[str] = None,
+                progress: bool = False):
+    """Train model ``name`` with :func:`bloodlib.engine.trainer.fit` (Adam, categorical
+    cross-entropy, paper 5's augmentation), keeping the epoch with the best validation
+    Dice; returns ``(model, history, metrics on val_records)``.
+
+    ``dataset`` picks the time budget when ``knobs["time_budget_s"]`` is per dataset.
+    Without ``checkpoint_dir`` the best weights go through a temporary folder.
+    """
+    from ..engine.trainer import fit
+    from ..losses import CrossEntropyLoss
+    from ..runtime import seed_everything
+
+    seed_everything(seed)
+    device = torch.device(device)
+    model = build_model(name, knobs)
+    if knobs.get("optimizer", "adam") != "adam":
+        raise ValueError(f"optimizer {knobs['optimizer']!r} not supported; use 'adam'.")
+    opt = torch.optim.Adam(model.parameters(), lr=float(knobs["lr"]))
+    train_loader = _loader(train_records, knobs, True, seed)
+    val_loader = _loader(val_records, knobs, False, seed)
+    tmp = None
+    if checkpoint_dir is None:
+        tmp = tempfile.TemporaryDirectory()
+        checkpoint_dir = tmp.name
+    ckpt = Path(checkpoint_dir) / f"{name}{'_' + dataset if dataset else ''}.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        history = fit(model, train_loader, val_loader, CrossEntropyLoss(), opt,
+                      int(knobs["epochs"]), device,
+                      evaluate=lambda m, loader, dev: _evaluate_loader(m, loader, dev),
+                      monitor="val_dice", mode="max",
+                      early_stopping_patience=knobs.get("early_stopping_patience"),
+                      checkpoint_path=ckpt, checkpoint_meta={"model": name, "knobs": dict(knobs)},
+                      max_train_batches=knobs.get("max_train_batches"),
+                      time_budget_s=_budget(knobs, dataset), progress=progress)
+        train_s = time.perf_counter() - t0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    metrics = _evaluate_loader(model, val_loader, device)
+    metrics["train_seconds"] = train_s
+    metrics["epochs_run"] = float(history.last_epoch)
+    metrics["best_epoch"] = float(history.best_epoch or 0)
+    return model, history, metrics
+
+
+# ----------------------------------------------------------------------------- figures / tables
+def color_mask(mask: np.ndarray) -> np.ndarray:
+    """Class map -> RGB uint8 in paper 5's colours."""
+    lut = (np.asarray(PAPER5_COLORS) * 255).round().astype(np.uint8)
+    return lut[np.asarray(mask, dtype=np.int64)]
+
+
+def _legend(fig) -> None:
+    from matplotlib.patches import Patch
+    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(PAPER5_COLORS, CLASS_NAMES)],
+               loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02))
+
+
+def samples_figure(records: Sequence[MaskedImage], n: int = 6, seed: int = 0, title: str = ""):
+    """Image over paper-coloured mask for ``n`` records (round-robin over the types)."""
+    import matplotlib.pyplot as plt
+    from ..io import read_image
+    recs = take_subset(records, n, seed)
+    fig, axes = plt.subplots(2, len(recs), figsize=(2.0 * len(recs), 4.3), squeeze=False)
+    for j, r in enumerate(recs):
+        axes[0, j].imshow(read_image(r.image_path))
+        axes[0, j].set_title(r.label, fontsize=9)
+        axes[1, j].imshow(color_mask(paper5_mask(r)), interpolation="nearest")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(title)
+    _legend(fig)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    plt.close(fig)
+    return fig
+
+
+def augmentation_figure(rec: MaskedImage, seed: int = 0, shear: float = 0.2):
+    """Paper 5's Figure 2: one column per augmentation, image above mask."""
+    import albumentations as A
+    import matplotlib.pyplot as plt
+    from ..io import read_image
+    from ..transforms.augment import single_augmentations
+    img, mask = read_image(rec.image_path), paper5_mask(rec)
+    cols = {"original": (img, mask)}
+    for name, t in single_augmentations(shear=shear).items():
+        out = A.Compose([t], seed=seed)(image=img, mask=mask)
+        cols[name] = (out["image"], out["mask"])
+    fig, axes = plt.subplots(2, len(cols), figsize=(1.9 * len(cols), 4.2), squeeze=False)
+    for j, (name, (im, m)) in enumerate(cols.items()):
+        axes[0, j].imshow(im)
+        axes[0, j].set_title(name.replace("_", " "), fontsize=9)
+        axes[1, j].imshow(color_mask(m), interpolation="nearest")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def parameter_table(knobs: Mapping[str, Any], widths: Sequence[float] = ()) -> pd.DataFrame:
+    """Parameters of every model at the profile's width and at ``widths`` (e.g. 1.0)."""
+    from ..models.segmentation_zoo import count_parameters
+    ws = list(dict.fromkeys([float(knobs["width"]), *map(float, widths)]))
+    rows = []
+    for name in knobs.get("models", MODELS):
+        rows.append({"model": MODEL_LABELS.get(name, name),
+                     **{f"params @ width {w:g}": count_parameters(build_model(name, knobs, w))
+                        for w in ws}})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def convergence_figure(histories: Mapping[str, Mapping[str, Any]], key: str = "val_dice"):
+    """Validation ``key`` per epoch: one panel per dataset, one line per model
+    (paper 5's Figures 5-6 show the loss; both are in the histories)."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.2 * len(histories), 3.6), squeeze=False)
+    for ax, (ds, per_model) in zip(axes[0], histories.items()):
+        for name, h in per_model.items():
+            df = h.to_frame()
+            if key in df:
+                ax.plot(df.index, df[key], marker="o", label=MODEL_LABELS.get(name, name))
+        ax.set(title=DATASET_LABELS.get(ds, ds), xlabel="epoch", ylabel=key.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+@torch.no_grad()
+def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n: int = 4,
+                       knobs: Optional[Mapping[str, Any]] = None, seed: int = 0, title: str = ""):
+    """Paper 5's Figure 7: original / ground truth / prediction (paper colours) for ``n``
+    records (round-robin over the types), at the model's input size."""
+    import matplotlib.pyplot as plt
+    from ..engine.trainer import predict_segmentation
+    knobs = knobs or {"image_size": 120, "batch_size": 16}
+    recs = take_subset(records, n, seed)
+    ds = make_dataset(recs, knobs, train=False)
+    images, masks = zip(*(ds[i] for i in range(len(ds))))
+    preds = predict_segmentation(model, torch.stack(images))
+    fig, axes = plt.subplots(len(recs), 3, figsize=(6.3, 2.1 * len(recs)), squeeze=False)
+    for i, r in enumerate(recs):
+        for ax, im, t in zip(axes[i], (images[i].permute(1, 2, 0).numpy(),
+                                       color_mask(masks[i].numpy()), color_mask(preds[i].numpy())),
+                             (f"{r.label}", "ground truth", "prediction")):
+            ax.imshow(im, interpolation="nearest")
+            ax.set_title(t, fontsize=9)
+            ax.axis("off")
+    fig.suptitle(title)
+    _legend(fig)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    plt.close(fig)
+    return fig
+
+
+def table1(results: Mapping[tuple[str, str], Mapping[str, float]]) -> pd.DataFrame:
+    """Paper 5's Table 1 beside ours: ``results[(dataset, model)]`` = our metrics
+    (fractions); one row per dataset, model and metric."""
+    from ..results import compare_with_paper
+    frames = []
+    for (ds, name), metrics in results.items():
+        ours = {k: metrics[k] for k in TABLE1_METRICS if k in metrics}
+        df = compare_with_paper(ours, PAPER, "table1",
+                                row_filter={"model": MODEL_LABELS[name],
+                                            "dataset": DATASET_LABELS.get(ds, "Jiangxi")})
+        frames.append(df.assign(dataset=DATASET_LABELS.get(ds, ds), model=MODEL_LABELS[name]))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    return out[["dataset", "model", "metric", "paper", "ours", "difference"]]

@@ -1,0 +1,95 @@
+"""Paper 5 experiment helpers: 4-class masks, splits, a tiny training run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bloodlib.config import get_profile
+from bloodlib.data import synthetic
+from bloodlib.data.masks import read_label_mask
+from bloodlib.data.records import MaskedImage
+from bloodlib.experiments import wbc_segmentation as wcs
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return synthetic.write_segmentation_set(tmp_path_factory.mktemp("seg"), 15, seed=0, size=32)
+
+
+def test_profiles_registered():
+    for profile in ("quick", "bench_cpu", "full"):
+        knobs = get_profile("wcsegnet", profile)
+        assert knobs["num_classes"] == 4 and set(knobs["models"]) == set(wcs.MODELS)
+    full = get_profile("wcsegnet", "full")
+    assert full["width"] == 1.0 and full["image_size"] == 120 and full["lr"] == 1e-4
+    assert full["batch_size"] == 16
+
+
+def test_paper5_mask_labels_nucleus_by_type(records):
+    for rec in records:
+        if rec.label not in wcs.PAPER5_TYPES:
+            with pytest.raises(ValueError):
+                wcs.paper5_mask(rec)
+            continue
+        zheng = read_label_mask(rec)
+        m = wcs.paper5_mask(rec)
+        assert m.dtype == np.uint8 and m.shape == zheng.shape
+        assert set(np.unique(m)) == {0, wcs.PAPER5_TYPES[rec.label]}
+        assert np.array_equal(m > 0, zheng == 2)  # nucleus kept, cytoplasm -> background
+
+
+def test_filter_and_colors(records):
+    inc, exc = wcs.filter_paper5(records)
+    assert {r.label for r in inc} == set(wcs.PAPER5_TYPES)
+    assert {r.label for r in exc} == set(wcs.EXCLUDED_TYPES)
+    assert len(inc) + len(exc) == len(records)
+    rgb = wcs.color_mask(np.array([[0, 1], [2, 3]]))
+    assert rgb.shape == (2, 2, 3) and rgb[0, 1].tolist() == [255, 0, 0]
+    assert rgb[1, 0].tolist() == [0, 0, 255] and rgb[0, 0].tolist() == [0, 0, 0]
+
+
+def _fake(labels):
+    return [MaskedImage(f"/x/{i}.png", f"/x/{i}_m.png", lab, {}) for i, lab in enumerate(labels)]
+
+
+def test_split_deterministic_stratified_and_small_classes_in_train():
+    recs = _fake(["neutrophil"] * 50 + ["lymphocyte"] * 20 + ["basophil"])
+    a, b = wcs.split_records(recs, seed=3), wcs.split_records(recs, seed=3)
+    assert [r.image_path for r in a.test] == [r.image_path for r in b.test]
+    assert {r.image_path for r in a.train}.isdisjoint({r.image_path for r in a.test})
+    assert len(a.train) + len(a.test) == len(recs)
+    counts = a.counts()
+    assert counts.loc["neutrophil", "test"] == 10 and counts.loc["lymphocyte", "test"] == 4
+    assert counts.loc["basophil", "train"] == 1 and counts.loc["basophil", "test"] == 0
+    assert a.kept_in_train == {"basophil": 1}
+    c = wcs.split_records(recs, seed=4)
+    assert [r.image_path for r in c.test] != [r.image_path for r in a.test]
+
+
+def test_take_subset_keeps_every_class():
+    recs = _fake(["neutrophil"] * 30 + ["lymphocyte"] * 5 + ["basophil"] * 2)
+    sub = wcs.take_subset(recs, 6, seed=0)
+    assert len(sub) == 6 and {r.label for r in sub} == {"neutrophil", "lymphocyte", "basophil"}
+    assert wcs.take_subset(recs, 6, seed=0) == sub and wcs.take_subset(recs, None) == recs
+
+
+def test_train_model_one_epoch(records, tmp_path):
+    torch.set_num_threads(1)
+    inc, _ = wcs.filter_paper5(records)
+    knobs = dict(get_profile("wcsegnet", "quick"), epochs=1, image_size=32, batch_size=4,
+                 max_train_batches=2, width=0.125)
+    model, history, metrics = wcs.train_model("wcsegnet", inc[:6], inc[6:], knobs, "cpu", 0,
+                                              checkpoint_dir=tmp_path, dataset="jiangxi")
+    assert history.last_epoch == 1 and "val_dice" in history.to_frame()
+    for k in (*wcs.TABLE1_METRICS, "nucleus_dice"):
+        assert 0.0 <= metrics[k] <= 1.0, k
+    assert (tmp_path / "wcsegnet_jiangxi.pt").is_file()
+    test = wcs.evaluate(model, inc[6:], knobs, "cpu")
+    assert math.isclose(test["accuracy"], metrics["accuracy"], rel_tol=1e-6)
+    assert all(math.isfinite(v) for v in wcs.finite(test).values())
+    table = wcs.table1({("jiangxi", "wcsegnet"): test})
+    assert list(table["metric"]) == list(wcs.TABLE1_METRICS)
