@@ -43,9 +43,8 @@ def _open(path: PathLike) -> Image.Image:
 
 
 def _sixteen_to_eight(arr: np.ndarray) -> np.ndarray:
-    arr = arr.astype(np.float64)
-    top = 65535.0 if arr.max(initial=0) > 255 or arr.dtype != np.uint8 else 255.0
-    return np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+    """Scale 16-bit values (0..65535) to 8 bits over the full range."""
+    return np.clip(np.round(arr.astype(np.float64) / 65535.0 * 255.0), 0, 255).astype(np.uint8)
 
 
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
@@ -64,10 +63,7 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
 
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as an RGB uint8 array (H, W, 3); see the module docstring."""
-    img = _open(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I") or img.mode == "F":
-        return to_rgb_uint8(img)
-    arr = to_rgb_uint8(img)
+    arr = to_rgb_uint8(_open(path))
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"Unexpected image shape {arr.shape} in {path}.")
     return np.ascontiguousarray(arr)

@@ -48,8 +48,9 @@ def coco_stats(coco: dict) -> dict[str, Any]:
 
 def label_stats(records: Sequence[LabelledImage | MaskedImage]) -> pd.DataFrame:
     """Images per class (count, fraction), most frequent first; ``imbalance`` is
-    max count / this class's count."""
-    counts = pd.Series(Counter(str(r.label) for r in records), name="count", dtype=int)
+    max count / this class's count. Records without a label count as "unlabelled"."""
+    counts = pd.Series(Counter("unlabelled" if r.label is None else str(r.label) for r in records),
+                       name="count", dtype=int)
     df = counts.sort_values(ascending=False).to_frame()
     df["fraction"] = (df["count"] / max(len(records), 1)).round(4)
     df["imbalance"] = (df["count"].max() / df["count"]).round(2)

@@ -67,7 +67,6 @@ def _part_row(part_name: str, part: Any) -> tuple[dict, dict]:
                "image sizes": ", ".join(list(st["image_sizes"])[:3])}
         return row, st["instances_per_class"]
     counts = label_stats(part)["count"].to_dict() if part else {}
-    counts = {("unlabelled" if k == "None" else k): v for k, v in counts.items()}
     return {"part": part_name, "images": len(part), "instances": len(part), "image sizes": ""}, counts
 
 

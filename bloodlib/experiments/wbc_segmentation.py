@@ -332,10 +332,16 @@ def color_mask(mask: np.ndarray) -> np.ndarray:
     return lut[np.asarray(mask, dtype=np.int64)]
 
 
-def _legend(fig) -> None:
+def _finish_with_legend(fig, title: str, bottom: float):
+    """Title, the paper-colour legend below the panels, layout; closed for pyplot."""
+    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+    fig.suptitle(title)
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(PAPER5_COLORS, CLASS_NAMES)],
                loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    plt.close(fig)
+    return fig
 
 
 def samples_figure(records: Sequence[MaskedImage], n: int = 6, seed: int = 0, title: str = ""):
@@ -350,11 +356,7 @@ def samples_figure(records: Sequence[MaskedImage], n: int = 6, seed: int = 0, ti
         axes[1, j].imshow(color_mask(paper5_mask(r)), interpolation="nearest")
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle(title)
-    _legend(fig)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    plt.close(fig)
-    return fig
+    return _finish_with_legend(fig, title, bottom=0.05)
 
 
 def augmentation_figure(rec: MaskedImage, seed: int = 0, shear: float = 0.2):
@@ -430,11 +432,7 @@ def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n
             ax.imshow(im, interpolation="nearest")
             ax.set_title(t, fontsize=9)
             ax.axis("off")
-    fig.suptitle(title)
-    _legend(fig)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    plt.close(fig)
-    return fig
+    return _finish_with_legend(fig, title, bottom=0.04)
 
 
 def table1(results: Mapping[tuple[str, str], Mapping[str, float]]) -> pd.DataFrame:
