@@ -93,3 +93,56 @@ def test_train_model_one_epoch(records, tmp_path):
     assert all(math.isfinite(v) for v in wcs.finite(test).values())
     table = wcs.table1({("jiangxi", "wcsegnet"): test})
     assert list(table["metric"]) == list(wcs.TABLE1_METRICS)
+
+
+def test_checkpoint_meta_follows_store_contract(records, tmp_path):
+    from bloodlib.engine.checkpoint import load_checkpoint
+    torch.set_num_threads(1)
+    inc, _ = wcs.filter_paper5(records)
+    knobs = dict(get_profile("wcsegnet", "quick"), epochs=1, image_size=32, batch_size=4,
+                 max_train_batches=1, width=0.125)
+    wcs.train_model("unet_relu", inc[:4], inc[4:6], knobs, "cpu", 0, checkpoint_dir=tmp_path)
+    meta = load_checkpoint(tmp_path / "unet_relu.pt")["meta"]
+    assert meta["task"] == "segment" and meta["architecture"] == "unet_relu"
+    assert meta["classes"] == list(wcs.CLASS_NAMES) and meta["input_size"] == [32, 32]
+    assert meta["architecture_kwargs"] == {"num_classes": 4, "width": 0.125}
+
+
+def test_cosine_schedule_and_loss_choice():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    assert wcs.build_scheduler(opt, {"lr_schedule": "constant"}) is None
+    sched = wcs.build_scheduler(opt, {"lr_schedule": "cosine", "epochs": 4, "lr": 1e-2,
+                                      "min_lr_factor": 0.1})
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert math.isclose(opt.param_groups[0]["lr"], 1e-3, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        wcs.build_scheduler(opt, {"lr_schedule": "step"})
+    assert type(wcs.build_training_loss({"loss": "ce_dice"})).__name__ == "CEDiceLoss"
+
+
+def test_wbc_crop_centres_cell_and_pads_at_borders():
+    img = np.zeros((100, 140, 3), np.uint8)
+    lab = np.zeros((100, 140), np.uint8)
+    lab[0:30, 110:140] = 1          # a cell in the top-right corner
+    lab[10:20, 120:130] = 2
+    crop, cl = wcs.wbc_crop(img, lab, fill=0.5)
+    assert crop.shape[:2] == cl.shape == (58, 58)
+    assert (cl == 2).sum() == 100 and (cl > 0).sum() == 900   # the whole cell is inside
+    with pytest.raises(ValueError, match="no WBC"):
+        wcs.wbc_crop(img, np.zeros_like(lab))
+
+
+def test_cross_dataset_check_scores_a_perfect_and_a_blind_model(records):
+    zheng_like = [r for r in records if r.label in wcs.PAPER5_TYPES][:4]
+
+    class Oracle(torch.nn.Module):   # predicts "nucleus" where the image is darkest
+        def forward(self, x):
+            dark = (x.mean(1, keepdim=True) < 0.0).float()
+            return torch.cat([1 - dark, dark, 0 * dark, 0 * dark], 1)
+
+    blind = wcs.cross_dataset_check(Oracle(), zheng_like, 32)
+    assert blind["n_images"] == 4 and blind["recall"] == 0.0
+    assert 0.0 < blind["accuracy"] < 1.0

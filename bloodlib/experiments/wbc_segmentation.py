@@ -24,6 +24,11 @@ Choices made here (the paper does not say):
   set is used once, at the end.
 * **Optimiser**: Adam (lr 1e-4 in ``full``, as the paper's learning rate; 1e-3 in the CPU
   profiles, which train for minutes), batch 16, categorical cross-entropy on logits.
+  ``bench_cpu`` decays the rate with a cosine over a fixed number of epochs, the same for
+  every model, so a busy machine changes the minutes but not the result.
+* **Cross-dataset check** (not in the paper): a WCSegNet trained on Jiangxi +
+  CellaVision is scored nucleus-vs-rest on the BCCD WBC masks, never trained on, with
+  crops centred on the annotated cell (:func:`cross_dataset_check`).
 * **Resolution**: every image is resized to ``image_size`` (the paper: 120x120) after
   augmentation; metrics are computed at that resolution.
 """
@@ -36,7 +41,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -63,27 +68,34 @@ TABLE1_METRICS = ("accuracy", "precision", "dice", "mIoU")
 
 _COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
-           "val_fraction": 0.15, "min_count": 2, "num_workers": 0}
+           "val_fraction": 0.15, "min_count": 2, "num_workers": 0,
+           "lr_schedule": "constant", "min_lr_factor": 0.01, "crop_fill": 0.6}
 register(EXPERIMENT, {
     # the whole notebook in ~1-2 min on 2 cores: Jiangxi only, a subset, a few epochs
     "quick": {**_COMMON, "datasets": ["jiangxi"], "image_size": 96, "width": 0.25,
               "epochs": 8, "batch_size": 8, "lr": 1e-3, "max_train_batches": 8,
               "max_train_images": 64, "max_val_images": 16, "max_test_images": 40,
               "early_stopping_patience": None, "time_budget_s": {"jiangxi": 40, "cellavision": 40},
-              "samples_per_grid": 6, "qualitative_n": 4, "synthetic_images": 80},
+              "samples_per_grid": 6, "qualitative_n": 4, "synthetic_images": 80,
+              "cross_train": False, "cross_images": 24},
     # ~20 min on 2 cores: 3 models x (300 s Jiangxi + 100 s CellaVision)
+    # Same schedule for every model: cosine over a fixed number of epochs (not a time
+    # budget, so a busy machine changes the minutes, not the result); time caps for safety.
     "bench_cpu": {**_COMMON, "datasets": ["jiangxi", "cellavision"], "image_size": 120,
-                  "width": 0.25, "epochs": 100, "batch_size": 16, "lr": 1e-3,
+                  "width": 0.25, "epochs": {"jiangxi": 100, "cellavision": 80, "combined": 50},
+                  "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_train_batches": None, "max_train_images": None, "max_val_images": None,
-                  "max_test_images": None, "early_stopping_patience": 15,
-                  "time_budget_s": {"jiangxi": 300, "cellavision": 100},
-                  "samples_per_grid": 8, "qualitative_n": 6, "synthetic_images": 100},
+                  "max_test_images": None, "early_stopping_patience": None,
+                  "time_budget_s": {"jiangxi": 1800, "cellavision": 900, "combined": 1200},
+                  "samples_per_grid": 8, "qualitative_n": 6, "synthetic_images": 100,
+                  "cross_train": True, "cross_images": None},
     # the paper's protocol (GPU): 120 px, full width, Adam 1e-4, batch 16, CE, early stop
     "full": {**_COMMON, "datasets": ["jiangxi", "cellavision"], "image_size": 120,
              "width": 1.0, "epochs": 100, "batch_size": 16, "lr": 1e-4,
              "max_train_batches": None, "max_train_images": None, "max_val_images": None,
              "max_test_images": None, "early_stopping_patience": 20, "time_budget_s": None,
-             "samples_per_grid": 8, "qualitative_n": 8, "synthetic_images": 200},
+             "samples_per_grid": 8, "qualitative_n": 8, "synthetic_images": 200,
+             "cross_train": True, "cross_images": None},
 })
 
 
@@ -194,20 +206,21 @@ def class_counts(parts: Mapping[str, Sequence[MaskedImage]]) -> pd.DataFrame:
 
 
 def make_dataset(records: Sequence[MaskedImage], knobs: Mapping[str, Any], train: bool = False,
-                 seed: int = 0):
-    """A :class:`SegmentationDataset` with paper 5's masks, resized to ``image_size``;
-    with ``train`` and ``knobs["augment"]`` paper 5's augmentation."""
+                 seed: int = 0, decode: Optional[Callable[[MaskedImage], np.ndarray]] = None):
+    """A :class:`SegmentationDataset` with paper 5's masks (or ``decode``'s), resized to
+    ``image_size``; with ``train`` and ``knobs["augment"]`` paper 5's augmentation."""
     from ..data.datasets import SegmentationDataset
     from ..transforms.augment import AlbumentationsSegmentation, paper5_augmentation
     tf = AlbumentationsSegmentation(paper5_augmentation(shear=knobs.get("shear", 0.2), seed=seed)) \
         if train and knobs.get("augment", True) else None
-    return SegmentationDataset(records, decode=paper5_mask, transforms=tf,
+    return SegmentationDataset(records, decode=decode or paper5_mask, transforms=tf,
                                size=int(knobs["image_size"]))
 
 
-def _loader(records, knobs, train: bool, seed: int) -> DataLoader:
+def _loader(records, knobs, train: bool, seed: int, decode=None) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(make_dataset(records, knobs, train, seed), batch_size=int(knobs["batch_size"]),
+    return DataLoader(make_dataset(records, knobs, train, seed, decode),
+                      batch_size=int(knobs["batch_size"]),
                       shuffle=train, generator=g, num_workers=int(knobs.get("num_workers", 0)))
 
 
@@ -253,11 +266,12 @@ def _evaluate_loader(model, loader, device) -> dict[str, float]:
 
 
 def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapping[str, Any],
-             device: Any = "cpu") -> dict[str, float]:
-    """Table 1's metrics (and extras) of ``model`` on ``records``, pooled over all pixels."""
+             device: Any = "cpu", decode=None, evaluator=None) -> dict[str, float]:
+    """Table 1's metrics (and extras) of ``model`` on ``records``, pooled over all pixels
+    (another task: its mask ``decode`` and ``evaluator(model, loader, device)``)."""
     device = torch.device(device)
     model.to(device)
-    return _evaluate_loader(model, _loader(records, knobs, False, 0), device)
+    return (evaluator or _evaluate_loader)(model, _loader(records, knobs, False, 0, decode), device)
 
 
 # ----------------------------------------------------------------------------- training
@@ -268,26 +282,68 @@ def build_model(name: str, knobs: Mapping[str, Any], width: Optional[float] = No
                                     width=float(knobs["width"] if width is None else width))
 
 
-def _budget(knobs: Mapping[str, Any], dataset: Optional[str]) -> Optional[float]:
-    b = knobs.get("time_budget_s")
-    if isinstance(b, Mapping):
-        return b.get(dataset) if dataset else max(b.values())
-    return b
+def build_training_loss(knobs: Mapping[str, Any]) -> torch.nn.Module:
+    """The profile's loss: ``categorical_cross_entropy`` (paper 5) or ``ce_dice``."""
+    from ..losses import build_loss
+    name = knobs.get("loss", "categorical_cross_entropy")
+    return build_loss("ce" if name == "categorical_cross_entropy" else name)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, knobs: Mapping[str, Any],
+                    epochs: Optional[int] = None):
+    """``lr_schedule`` "constant" (paper 5; None returned) or "cosine": cosine decay over
+    ``epochs`` (default ``knobs["epochs"]``) to ``lr * min_lr_factor``, once per epoch."""
+    kind = knobs.get("lr_schedule", "constant")
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=int(epochs or knobs["epochs"]),
+            eta_min=float(knobs["lr"]) * float(knobs.get("min_lr_factor", 0.01)))
+    raise ValueError(f"lr_schedule {kind!r} unknown; use 'constant' or 'cosine'.")
+
+
+def checkpoint_meta(name: str, knobs: Mapping[str, Any], classes: Sequence[str] = CLASS_NAMES,
+                    dataset: Optional[str] = None) -> dict[str, Any]:
+    """Metadata saved with a checkpoint (the model store's contract): enough to rebuild
+    the model and preprocess an image the way it was trained."""
+    from datetime import datetime, timezone
+    size = int(knobs["image_size"])
+    return {"task": "segment", "architecture": name,
+            "architecture_kwargs": {"num_classes": int(knobs.get("num_classes", len(classes))),
+                                    "width": float(knobs["width"])},
+            "classes": list(classes), "input_size": [size, size],
+            "preprocessing": {"resize": [size, size], "normalize": "unit", "clahe": False,
+                              "stain": None},
+            "training_data": {"dataset": dataset or "zheng", "split": "train"},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": name, "knobs": dict(knobs)}
+
+
+def per_dataset(knobs: Mapping[str, Any], key: str, dataset: Optional[str]) -> Any:
+    """``knobs[key]``, or its entry for ``dataset`` when it is a mapping per dataset
+    (the largest value when ``dataset`` is None or not listed)."""
+    value = knobs.get(key)
+    if isinstance(value, Mapping):
+        return value.get(dataset, max(value.values())) if dataset else max(value.values())
+    return value
 
 
 def train_model(name: str, train_records: Sequence[MaskedImage],
                 val_records: Sequence[MaskedImage], knobs: Mapping[str, Any], device: Any = "cpu",
                 seed: int = 0, checkpoint_dir: Any = None, dataset: Optional[str] = None,
-                progress: bool = False):
+                progress: bool = False, decode=None, evaluator=None, monitor: str = "val_dice",
+                classes: Sequence[str] = CLASS_NAMES):
     """Train model ``name`` with :func:`bloodlib.engine.trainer.fit` (Adam, categorical
     cross-entropy, paper 5's augmentation), keeping the epoch with the best validation
     Dice; returns ``(model, history, metrics on val_records)``.
 
     ``dataset`` picks the time budget when ``knobs["time_budget_s"]`` is per dataset.
-    Without ``checkpoint_dir`` the best weights go through a temporary folder.
+    Without ``checkpoint_dir`` the best weights go through a temporary folder. Another
+    task on the same records passes its mask ``decode``, ``evaluator(model, loader,
+    device) -> metrics`` and the metric to ``monitor``.
     """
     from ..engine.trainer import fit
-    from ..losses import CrossEntropyLoss
     from ..runtime import seed_everything
 
     seed_everything(seed)
@@ -296,8 +352,11 @@ def train_model(name: str, train_records: Sequence[MaskedImage],
     if knobs.get("optimizer", "adam") != "adam":
         raise ValueError(f"optimizer {knobs['optimizer']!r} not supported; use 'adam'.")
     opt = torch.optim.Adam(model.parameters(), lr=float(knobs["lr"]))
-    train_loader = _loader(train_records, knobs, True, seed)
-    val_loader = _loader(val_records, knobs, False, seed)
+    epochs = int(per_dataset(knobs, "epochs", dataset))
+    scheduler = build_scheduler(opt, knobs, epochs)
+    evaluator = evaluator or _evaluate_loader
+    train_loader = _loader(train_records, knobs, True, seed, decode)
+    val_loader = _loader(val_records, knobs, False, seed, decode)
     tmp = None
     if checkpoint_dir is None:
         tmp = tempfile.TemporaryDirectory()
@@ -306,19 +365,18 @@ def train_model(name: str, train_records: Sequence[MaskedImage],
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        history = fit(model, train_loader, val_loader, CrossEntropyLoss(), opt,
-                      int(knobs["epochs"]), device,
-                      evaluate=lambda m, loader, dev: _evaluate_loader(m, loader, dev),
-                      monitor="val_dice", mode="max",
+        history = fit(model, train_loader, val_loader, build_training_loss(knobs), opt,
+                      epochs, device, scheduler=scheduler,
+                      evaluate=evaluator, monitor=monitor, mode="max",
                       early_stopping_patience=knobs.get("early_stopping_patience"),
-                      checkpoint_path=ckpt, checkpoint_meta={"model": name, "knobs": dict(knobs)},
+                      checkpoint_path=ckpt, checkpoint_meta=checkpoint_meta(name, knobs, classes, dataset),
                       max_train_batches=knobs.get("max_train_batches"),
-                      time_budget_s=_budget(knobs, dataset), progress=progress)
+                      time_budget_s=per_dataset(knobs, "time_budget_s", dataset), progress=progress)
         train_s = time.perf_counter() - t0
     finally:
         if tmp is not None:
             tmp.cleanup()
-    metrics = _evaluate_loader(model, val_loader, device)
+    metrics = evaluator(model, val_loader, device)
     metrics["train_seconds"] = train_s
     metrics["epochs_run"] = float(history.last_epoch)
     metrics["best_epoch"] = float(history.best_epoch or 0)
@@ -450,3 +508,98 @@ def table1(results: Mapping[tuple[str, str], Mapping[str, float]]) -> pd.DataFra
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
     return out[["dataset", "model", "metric", "paper", "ours", "difference"]]
+
+
+# ----------------------------------------------------------------------------- cross-dataset check
+def wbc_crop(image: np.ndarray, labels: np.ndarray, fill: float = 0.6
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A square crop centred on the WBC of a whole smear (``labels`` 0/1/2), sized so
+    that the cell spans ``fill`` of it (Jiangxi ~0.7, CellaVision ~0.5); the image is
+    edge-padded where the crop leaves it. Returns ``(image crop, label crop)``."""
+    ys, xs = np.nonzero(labels > 0)
+    if not len(ys):
+        raise ValueError("The mask has no WBC pixels; cannot centre a crop on the cell.")
+    side = int(round(max(np.ptp(ys), np.ptp(xs)) / fill))
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+    top, left = cy - side // 2, cx - side // 2
+    pad = max(0, -top, -left, top + side - labels.shape[0], left + side - labels.shape[1])
+    img = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    lab = np.pad(labels, pad, mode="constant")
+    return (img[top + pad:top + pad + side, left + pad:left + pad + side],
+            lab[top + pad:top + pad + side, left + pad:left + pad + side])
+
+
+@torch.no_grad()
+def cross_dataset_check(model: torch.nn.Module, records: Sequence[MaskedImage], image_size: int,
+                        device: Any = "cpu", fill: float = 0.6, batch_size: int = 16
+                        ) -> dict[str, float]:
+    """Nucleus-vs-rest scores of a paper-5 model on other smears (e.g. the BCCD WBC
+    masks), never trained on: each image is cropped around its annotated WBC
+    (:func:`wbc_crop`, an oracle detector), resized to ``image_size``, and any predicted
+    nucleus class counts as nucleus. Returns Dice, IoU, precision, recall, accuracy and
+    ``n_images``."""
+    import cv2
+    from ..io import read_image
+    from ..metrics.segmentation import SegmentationMeter
+    meter = SegmentationMeter(2, ["rest", "nucleus"])
+    model.to(device).eval()
+    crops, targets = [], []
+
+    def flush():
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)
+        pred = model(x.to(device)).argmax(1).cpu().numpy() > 0
+        meter.update(pred.astype(np.int64), np.stack(targets).astype(np.int64))
+        crops.clear()
+        targets.clear()
+
+    for rec in records:
+        img, lab = wbc_crop(read_image(rec.image_path), read_label_mask(rec), fill)
+        crops.append(cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA))
+        targets.append(cv2.resize((lab == NUCLEUS).astype(np.uint8), (image_size, image_size),
+                                  interpolation=cv2.INTER_NEAREST))
+        if len(crops) == batch_size:
+            flush()
+    if crops:
+        flush()
+    m = meter.compute()
+    return {"nucleus_dice": m["Dice/nucleus"], "nucleus_iou": m["IoU/nucleus"],
+            "precision": m["precision/nucleus"], "recall": m["recall/nucleus"],
+            "accuracy": m["pixel_accuracy"], "n_images": float(len(records))}
+
+
+def bccd_wbc_records(n: Optional[int] = None, seed: int = 0) -> list[MaskedImage]:
+    """The BCCD WBC masks (every WBC type, one cell per 640x480 smear) for
+    :func:`cross_dataset_check`; ``n`` draws a deterministic subset. Raises
+    DatasetNotFoundError when the BCCD images or masks are missing."""
+    import random
+    from ..data.parsers import load_bccd_wbc_masks
+    records = list(load_bccd_wbc_masks())
+    if n is not None and n < len(records):
+        records = sorted(random.Random(seed).sample(records, n), key=lambda r: str(r.image_path))
+    return records
+
+
+@torch.no_grad()
+def cross_dataset_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
+                         image_size: int, n: int = 4, fill: float = 0.6, title: str = ""):
+    """Crops of other smears: image, annotated nucleus, predicted nucleus (any type)."""
+    import cv2
+    import matplotlib.pyplot as plt
+    from ..io import read_image
+    recs = list(records)[:n]
+    fig, axes = plt.subplots(len(recs), 3, figsize=(6.3, 2.1 * len(recs)), squeeze=False)
+    model.eval()
+    for row, rec in zip(axes, recs):
+        img, lab = wbc_crop(read_image(rec.image_path), read_label_mask(rec), fill)
+        img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA)
+        lab = cv2.resize(lab, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255)
+        device = next(model.parameters()).device
+        pred = model(x.to(device)).argmax(1)[0].cpu().numpy()
+        for ax, im, t in zip(row, (img, color_mask(np.where(lab == NUCLEUS, 1, 0)),
+                                   color_mask(pred)), (Path(rec.image_path).stem, "annotated nucleus",
+                                                       "prediction")):
+            ax.imshow(im, interpolation="nearest")
+            ax.set_title(t, fontsize=9)
+            ax.axis("off")
+    return _finish_with_legend(fig, title, bottom=0.04)
