@@ -44,7 +44,7 @@ TABLE5_METRICS = ("IoU", "recall", "accuracy")
 _COMMON = {"models": list(MODELS), "num_classes": 2, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0, "lr_schedule": "cosine",
-           "min_lr_factor": 0.05}
+           "min_lr_factor": 0.05, "channels_last": True}
 register(EXPERIMENT, {
     # ~1 min on 2 cores: small images, a few epochs, really training
     "quick": {**_COMMON, "image_size": 96, "width": 0.25, "epochs": 4, "batch_size": 8,

@@ -69,7 +69,8 @@ TABLE1_METRICS = ("accuracy", "precision", "dice", "mIoU")
 _COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0,
-           "lr_schedule": "constant", "min_lr_factor": 0.01, "crop_fill": 0.6}
+           "lr_schedule": "constant", "min_lr_factor": 0.01, "crop_fill": 0.6,
+           "channels_last": True}
 register(EXPERIMENT, {
     # the whole notebook in ~1-2 min on 2 cores: Jiangxi only, a subset, a few epochs
     "quick": {**_COMMON, "datasets": ["jiangxi"], "image_size": 96, "width": 0.25,
@@ -371,7 +372,8 @@ def train_model(name: str, train_records: Sequence[MaskedImage],
                       early_stopping_patience=knobs.get("early_stopping_patience"),
                       checkpoint_path=ckpt, checkpoint_meta=checkpoint_meta(name, knobs, classes, dataset),
                       max_train_batches=knobs.get("max_train_batches"),
-                      time_budget_s=per_dataset(knobs, "time_budget_s", dataset), progress=progress)
+                      time_budget_s=per_dataset(knobs, "time_budget_s", dataset), progress=progress,
+                      channels_last=knobs.get("channels_last", "auto"))
         train_s = time.perf_counter() - t0
     finally:
         if tmp is not None:
