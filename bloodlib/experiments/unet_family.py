@@ -22,7 +22,7 @@ Choices made here (the paper does not say, or we differ):
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ TABLE5_METRICS = ("IoU", "recall", "accuracy")
 _COMMON = {"models": list(MODELS), "num_classes": 2, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0, "lr_schedule": "cosine",
-           "min_lr_factor": 0.05, "channels_last": True}
+           "min_lr_factor": 0.05, "channels_last": True, "tta": None}
 register(EXPERIMENT, {
     # ~1 min on 2 cores: small images, a few epochs, really training
     "quick": {**_COMMON, "image_size": 96, "width": 0.25, "epochs": 4, "batch_size": 8,
@@ -66,15 +66,17 @@ def whole_cell_mask(rec: MaskedImage) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_loader(model: torch.nn.Module, loader: Any, device: Any) -> dict[str, float]:
+def evaluate_loader(model: torch.nn.Module, loader: Any, device: Any,
+                    tta: Optional[str] = None) -> dict[str, float]:
     """Paper 4's metrics of the WBC class, pooled over all pixels of ``loader``."""
+    from ..engine.tta import tta_probabilities
     from ..metrics.segmentation import SegmentationMeter
     meter = SegmentationMeter(2, list(CLASS_NAMES))
     was = model.training
     model.eval()
     try:
         for x, y in loader:
-            meter.update(model(x.to(device)).argmax(1).cpu(), y)
+            meter.update(tta_probabilities(model, x.to(device), tta).argmax(1).cpu(), y)
     finally:
         model.train(was)
     m = meter.compute()

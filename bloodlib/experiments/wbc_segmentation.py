@@ -70,7 +70,7 @@ _COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0,
            "lr_schedule": "constant", "min_lr_factor": 0.01, "crop_fill": 0.6,
-           "channels_last": True}
+           "channels_last": True, "tta": None}
 register(EXPERIMENT, {
     # the whole notebook in ~1-2 min on 2 cores: Jiangxi only, a subset, a few epochs
     "quick": {**_COMMON, "datasets": ["jiangxi"], "image_size": 96, "width": 0.25,
@@ -250,7 +250,8 @@ def finite(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _evaluate_loader(model, loader, device) -> dict[str, float]:
+def _evaluate_loader(model, loader, device, tta: Optional[str] = None) -> dict[str, float]:
+    from ..engine.tta import tta_probabilities
     from ..metrics.segmentation import SegmentationMeter
     multi = SegmentationMeter(4, CLASS_NAMES)
     nuc = SegmentationMeter(4, binary_foreground=[1, 2, 3])
@@ -258,7 +259,7 @@ def _evaluate_loader(model, loader, device) -> dict[str, float]:
     model.eval()
     try:
         for x, y in loader:
-            pred = model(x.to(device)).argmax(1).cpu()
+            pred = tta_probabilities(model, x.to(device), tta).argmax(1).cpu()
             multi.update(pred, y)
             nuc.update(pred, y)
     finally:
@@ -268,11 +269,13 @@ def _evaluate_loader(model, loader, device) -> dict[str, float]:
 
 def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapping[str, Any],
              device: Any = "cpu", decode=None, evaluator=None) -> dict[str, float]:
-    """Table 1's metrics (and extras) of ``model`` on ``records``, pooled over all pixels
-    (another task: its mask ``decode`` and ``evaluator(model, loader, device)``)."""
+    """Table 1's metrics (and extras) of ``model`` on ``records``, pooled over all pixels,
+    with the profile's test-time augmentation ``knobs["tta"]`` (another task: its mask
+    ``decode`` and ``evaluator(model, loader, device, tta)``)."""
     device = torch.device(device)
     model.to(device)
-    return (evaluator or _evaluate_loader)(model, _loader(records, knobs, False, 0, decode), device)
+    return (evaluator or _evaluate_loader)(model, _loader(records, knobs, False, 0, decode), device,
+                                           knobs.get("tta"))
 
 
 # ----------------------------------------------------------------------------- training
@@ -533,14 +536,15 @@ def wbc_crop(image: np.ndarray, labels: np.ndarray, fill: float = 0.6
 
 @torch.no_grad()
 def cross_dataset_check(model: torch.nn.Module, records: Sequence[MaskedImage], image_size: int,
-                        device: Any = "cpu", fill: float = 0.6, batch_size: int = 16
-                        ) -> dict[str, float]:
+                        device: Any = "cpu", fill: float = 0.6, batch_size: int = 16,
+                        tta: Optional[str] = None) -> dict[str, float]:
     """Nucleus-vs-rest scores of a paper-5 model on other smears (e.g. the BCCD WBC
     masks), never trained on: each image is cropped around its annotated WBC
     (:func:`wbc_crop`, an oracle detector), resized to ``image_size``, and any predicted
     nucleus class counts as nucleus. Returns Dice, IoU, precision, recall, accuracy and
     ``n_images``."""
     import cv2
+    from ..engine.tta import tta_probabilities
     from ..io import read_image
     from ..metrics.segmentation import SegmentationMeter
     meter = SegmentationMeter(2, ["rest", "nucleus"])
@@ -549,7 +553,7 @@ def cross_dataset_check(model: torch.nn.Module, records: Sequence[MaskedImage], 
 
     def flush():
         x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)
-        pred = model(x.to(device)).argmax(1).cpu().numpy() > 0
+        pred = tta_probabilities(model, x.to(device), tta).argmax(1).cpu().numpy() > 0
         meter.update(pred.astype(np.int64), np.stack(targets).astype(np.int64))
         crops.clear()
         targets.clear()
