@@ -146,3 +146,15 @@ def test_cross_dataset_check_scores_a_perfect_and_a_blind_model(records):
     blind = wcs.cross_dataset_check(Oracle(), zheng_like, 32)
     assert blind["n_images"] == 4 and blind["recall"] == 0.0
     assert 0.0 < blind["accuracy"] < 1.0
+
+
+def test_reference_table_reads_committed_benchmarks(tmp_path):
+    from bloodlib.results import make_result, write_result
+    for profile, model in (("bench_cpu", "wcsegnet"), ("quick", "unet_relu")):
+        write_result(make_result("wcsegnet", "paper5", "jiangxi", "test",
+                                 {"nucleus_dice": 0.97, "dice": 0.96}, {}, 0, profile, 1.0,
+                                 model=model, extra={"train_seconds": 120.0}), tmp_path)
+    table = wcs.reference_table(tmp_path)
+    assert list(table.index) == [("bench_cpu", "jiangxi", "wcsegnet")]   # quick runs left out
+    assert table.iloc[0]["train_min"] == 2.0 and table.iloc[0]["nucleus_dice"] == 0.97
+    assert wcs.reference_table(tmp_path / "missing").empty
