@@ -1,4 +1,4 @@
-"""Command line: ``python -m bloodlib {run,bench,fetch,verify,datasets}``."""
+"""Command line: ``python -m bloodlib {run,bench,fetch,verify,datasets,predict,models,board}``."""
 
 from __future__ import annotations
 
@@ -22,9 +22,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .notebooks import REFERENCE_DIR, bench
 
-    runs = bench(args.notebooks, args.profile, Path(args.out) if args.out else None,
+    names = [n for n in args.notebooks if n != "latency"]
+    status = _cmd_latency(args) if "latency" in args.notebooks else 0
+    if not names:
+        return status
+    runs = bench(names, args.profile, Path(args.out) if args.out else None,
                  Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR)
-    return 0 if runs and all(r.ok for r in runs) else 1
+    return status | (0 if runs and all(r.ok for r in runs) else 1)
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from .inference.benchmark import run_latency_benchmark
+    from .notebooks import PROJECT_ROOT, REFERENCE_DIR, write_reference_board
+
+    out = Path(args.out) if args.out else PROJECT_ROOT / "outputs" / args.profile
+    reference = Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR
+    path = run_latency_benchmark(args.profile, out, reference)
+    print(f"latency result: {path} (published to {reference})")
+    write_reference_board(reference)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict_cli import main as predict_main
+
+    return predict_main(args)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .inference.store import list_models, models_dir
+
+    df = list_models(args.task)
+    print(f"model store: {models_dir()}")
+    print(df.drop(columns=["path"]).to_string(index=False) if not df.empty else "(no models)")
+    return 0
+
+
+def _cmd_board(args: argparse.Namespace) -> int:
+    from .board import write_board
+    from .notebooks import REFERENCE_DIR
+
+    md, html = write_board(Path(args.out) if args.out else REFERENCE_DIR.parent / "board",
+                           args.results or None)
+    print(f"results board: {md} and {html}")
+    return 0
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -54,9 +95,25 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = """examples:
+  bloodlib datasets                         list the datasets and whether they are on disk
+  bloodlib fetch bccd pbc                   download, verify and extract datasets
+  bloodlib run --profile quick              execute every notebook (outputs/quick/, with the
+                                            summary and the results board)
+  bloodlib run 05 --profile bench_cpu       one notebook in another profile
+  bloodlib bench 05 latency                 benchmark notebook 05 and prediction latency;
+                                            results JSON go to results/reference/
+  bloodlib models                           list trained models in the store
+  bloodlib predict smears/ --task detect --out preds/
+                                            overlays + detections.csv + counts.csv
+  bloodlib board                            results board from results/reference/
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bloodlib`` command."""
-    parser = argparse.ArgumentParser(prog="bloodlib", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bloodlib", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute course notebooks headlessly (papermill)")
@@ -68,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run notebooks in a benchmark profile and publish "
                                          "their results JSON to results/reference/")
-    bench.add_argument("notebooks", nargs="+")
+    bench.add_argument("notebooks", nargs="+", help="notebook numbers or names, and/or "
+                                                    "'latency' (prediction latency benchmark)")
     bench.add_argument("--profile", choices=PROFILE_NAMES, default="bench_cpu")
     bench.add_argument("--out")
     bench.add_argument("--reference-dir")
@@ -85,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list the dataset catalogue")
     datasets.set_defaults(func=_cmd_datasets)
+
+    from .predict_cli import add_arguments as predict_arguments
+    predict = sub.add_parser("predict", help="run a stored model on images/folders; writes "
+                                             "overlays and CSVs (cells, counts)")
+    predict_arguments(predict)
+    predict.set_defaults(func=_cmd_predict)
+
+    models = sub.add_parser("models", help="list the model store ($BLOODLIB_MODELS or models/)")
+    models.add_argument("--task", choices=("detect", "classify", "segment"))
+    models.set_defaults(func=_cmd_models)
+
+    board = sub.add_parser("board", help="write the results board (paper vs ours, Markdown "
+                                         "and HTML) from results JSON")
+    board.add_argument("results", nargs="*", help="results folders (default: results/reference)")
+    board.add_argument("--out", help="output folder (default results/board)")
+    board.set_defaults(func=_cmd_board)
     return parser
 
 

@@ -36,7 +36,9 @@ def _open(path: PathLike) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()  # decode now so truncation is detected here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
+        # ImportError: once ultralytics is imported it patches Image.open to retry unknown
+        # files with an optional HEIF plugin, which fails with ModuleNotFoundError
         raise ImageReadError(f"Cannot decode image {path}: {exc}. The file is corrupt, truncated "
                              "or not an image; re-download it or remove it from the dataset.") from exc
     return img

@@ -1,9 +1,10 @@
 """Execute the course notebooks headlessly with papermill and summarise the run.
 
 `python -m bloodlib run` executes notebooks into ``outputs/<profile>/``:
-``notebooks/`` (executed copies), ``results/`` (results JSON), ``figures/`` and
-``summary.md`` / ``summary.html``.  `python -m bloodlib bench` does the same in a
-heavier profile and copies the results JSON into the committed ``results/reference/``.
+``notebooks/`` (executed copies), ``results/`` (results JSON), ``figures/``,
+``summary.md`` / ``summary.html`` and ``board/`` (the results board, :mod:`bloodlib.board`).
+`python -m bloodlib bench` does the same in a heavier profile and copies the results JSON
+into the committed ``results/reference/``.
 """
 
 from __future__ import annotations
@@ -121,7 +122,34 @@ def run_course(selection: Optional[Sequence[str]] = None, profile: str = "quick"
         runs.append(res)
     md, _ = write_summary(out_dir, runs, profile)
     log(f"summary: {md}")
+    board = write_results_board(out_dir)
+    if board is not None:
+        log(f"results board: {board}")
     return runs
+
+
+def write_results_board(out_dir: Path) -> Optional[Path]:
+    """The results board (:mod:`bloodlib.board`) of a run: the committed reference results
+    and this run's, beside the papers' tables, in ``<out_dir>/board/``. Never raises."""
+    try:
+        from .board import write_board
+        md, _ = write_board(Path(out_dir) / "board", [REFERENCE_DIR, Path(out_dir) / "results"])
+        return md
+    except Exception as exc:  # the board must not hide the notebooks' own outcome
+        print(f"results board not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def write_reference_board(reference_dir: Path = REFERENCE_DIR) -> Optional[Path]:
+    """The results board of the committed reference results, in ``results/board/`` beside
+    ``reference_dir`` (the README links to it). Never raises."""
+    try:
+        from .board import write_board
+        md, _ = write_board(Path(reference_dir).parent / "board", [reference_dir])
+        return md
+    except Exception as exc:
+        print(f"results board not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
 
 
 def _invocation() -> str:
@@ -168,6 +196,9 @@ def bench(selection: Iterable[str], profile: str = "bench_cpu", out_dir: Optiona
     if all(r.ok for r in runs):
         for path in publish_reference(out_dir, reference_dir):
             log(f"reference result: {path}")
+        board = write_reference_board(reference_dir)
+        if board is not None:
+            log(f"reference results board: {board}")
     else:
         log("Some notebooks failed; reference results were NOT updated.")
     return runs

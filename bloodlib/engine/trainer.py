@@ -71,7 +71,10 @@ class History:
 
 # ----------------------------------------------------------------------------- helpers
 def _amp_dtype(amp: Any, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: only on CUDA; "auto"/True -> bf16 if supported else fp16."""
+    """Autocast dtype: on CUDA "auto"/True -> bf16 if supported else fp16; on the CPU only
+    when asked for explicitly with ``amp="bf16"`` (fast on CPUs with AVX512-BF16/AMX)."""
+    if device.type == "cpu" and amp == "bf16":
+        return torch.bfloat16
     if device.type != "cuda" or amp in (False, None, "off"):
         return None
     if amp == "fp16":

@@ -4,6 +4,10 @@ segmentation-models-pytorch (DeepLabV3+, smp encoders) is imported only when suc
 model is built, so ``import bloodlib.models`` stays fast.
 """
 
+from .classifiers import CLASSIFIERS, HybridClassifier, PaperCNN, build_classifier
+from .detection import (BACKBONES as DETECTION_BACKBONES, DETECTORS, build_backbone,
+                        build_detector, set_trainable_stage)
+from .mcnet import MCNet, MaskIoUHead
 from .segmentation_zoo import (SEGMENTATION_MODELS, PadToMultiple, ResUNet,
                                build_segmentation_model, count_parameters, model_summary)
 from .unet import CBAM, DilatedBottleneck, DoubleConv, UNet
@@ -11,4 +15,6 @@ from .wcsegnet import ConvBlock, WCSegNet
 
 __all__ = ["UNet", "DoubleConv", "CBAM", "DilatedBottleneck", "WCSegNet", "ConvBlock",
            "ResUNet", "PadToMultiple", "SEGMENTATION_MODELS", "build_segmentation_model",
-           "count_parameters", "model_summary"]
+           "count_parameters", "model_summary", "CLASSIFIERS", "HybridClassifier", "PaperCNN",
+           "build_classifier", "DETECTION_BACKBONES", "DETECTORS", "build_backbone",
+           "build_detector", "set_trainable_stage", "MCNet", "MaskIoUHead"]

@@ -1,0 +1,166 @@
+"""Detection predictor: boxes, classes, scores (and masks) for one smear image, and a
+CBC-style count per class.
+
+Loads checkpoints of :func:`bloodlib.models.detection.build_detector` models
+(``meta["architecture"] == "torchvision_detector"``, ``architecture_kwargs`` = its
+arguments, see :func:`detector_meta`) and of ultralytics YOLO models saved with
+:func:`bloodlib.yolo.save_yolo_checkpoint` (``"yolo"``). The image goes through the
+model's training-time preprocessing (CLAHE / stain normalisation, from
+``meta["preprocessing"]``); torchvision detectors resize it themselves and return
+boxes in the image's pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .common import DEFAULT_PREPROCESSING, check_image, preprocess_from_meta
+
+__all__ = ["DetectionResult", "DetectorPredictor", "detector_meta", "DETECTOR_ARCHITECTURE"]
+
+DETECTOR_ARCHITECTURE = "torchvision_detector"
+
+
+@dataclass
+class DetectionResult:
+    """Detections of one image: ``boxes`` (N, 4) xyxy pixels, ``labels`` (class names),
+    ``scores`` (N,), optional ``masks`` (N, H, W) bool; ``classes`` = every class the
+    model knows (so that counts include zeros)."""
+
+    boxes: np.ndarray
+    labels: list[str]
+    scores: np.ndarray
+    masks: Optional[np.ndarray] = None
+    classes: Optional[list[str]] = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        """Detections per class (a CBC-style count), every known class included."""
+        out = {c: 0 for c in (self.classes or [])}
+        for lab in self.labels:
+            out[lab] = out.get(lab, 0) + 1
+        return out
+
+
+def detector_meta(model: torch.nn.Module, classes: Sequence[str], *, input_size: Any = None,
+                  preprocessing: Optional[Mapping[str, Any]] = None,
+                  training_data: Any = None, metrics: Optional[Mapping[str, float]] = None
+                  ) -> dict[str, Any]:
+    """Contract metadata (``task="detect"``) of a :func:`build_detector` model;
+    ``classes`` without the background."""
+    from ..models.detection import detector_info
+    info = detector_info(model)
+    if info["num_classes"] != len(classes) + 1:
+        raise ValueError(f"The model has {info['num_classes']} classes with background but "
+                         f"{len(classes)} class names were given (background excluded).")
+    return {"task": "detect", "architecture": DETECTOR_ARCHITECTURE,
+            "architecture_kwargs": info, "classes": [str(c) for c in classes],
+            "input_size": input_size if input_size is not None else info["min_size"],
+            "preprocessing": dict(DEFAULT_PREPROCESSING, **(preprocessing or {})),
+            "training_data": training_data or {},
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()
+                        if isinstance(v, (int, float)) and np.isfinite(v)},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pretrained_backbone": bool(getattr(model, "backbone_pretrained", False))}
+
+
+def _class_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+               iou: float) -> torch.Tensor:
+    """Indices kept by torchvision's class-wise NMS, best score first."""
+    from torchvision.ops import batched_nms
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    return batched_nms(boxes.float(), scores.float(), labels, float(iou))
+
+
+class DetectorPredictor:
+    """Cells in RGB uint8 smear images, with a torchvision detector or a YOLO model."""
+
+    task = "detect"
+
+    def __init__(self, model: Any, meta: Mapping[str, Any], device: Any = "cpu") -> None:
+        self.meta = dict(meta)
+        self.classes = [str(c) for c in self.meta["classes"]]
+        self.architecture = self.meta.get("architecture", DETECTOR_ARCHITECTURE)
+        self.device = torch.device(device)
+        self.input_size = self.meta.get("input_size")
+        self._pre = preprocess_from_meta(self.meta)
+        if self.architecture == "yolo":
+            self.model = model
+        else:
+            self.model = model.to(self.device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "DetectorPredictor":
+        """Rebuild the detector named in the checkpoint's metadata and load its weights."""
+        from .store import ModelFormatError, normalize_meta, read_checkpoint
+        ckpt = read_checkpoint(path)
+        meta = normalize_meta(ckpt.get("meta") or {})
+        if meta["task"] != "detect":
+            raise ModelFormatError(f"{path} is a {meta['task']!r} model, not a detector.")
+        if meta["architecture"] == "yolo":
+            from ..yolo import load_yolo_checkpoint
+            model, _ = load_yolo_checkpoint(path, device)
+            return cls(model, meta, device)
+        if meta["architecture"] != DETECTOR_ARCHITECTURE:
+            raise ModelFormatError(f"{path}: unknown detector architecture "
+                                   f"{meta['architecture']!r}; expected "
+                                   f"{DETECTOR_ARCHITECTURE!r} or 'yolo'.")
+        from ..models.detection import build_detector
+        kwargs = dict(meta.get("architecture_kwargs") or {})
+        kwargs["pretrained_backbone"] = False
+        try:
+            model = build_detector(**kwargs)
+            model.load_state_dict(ckpt["model_state"])
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise ModelFormatError(f"{path}: cannot rebuild the detector with {kwargs}: "
+                                   f"{str(exc).splitlines()[0]}") from None
+        return cls(model, meta, device)
+
+    @torch.no_grad()
+    def _raw(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        if self.architecture == "yolo":
+            r = self.model.predict(source=image[..., ::-1].copy(), imgsz=int(self.input_size or 640),
+                                   conf=0.001, iou=0.7, verbose=False,
+                                   device="cpu" if self.device.type == "cpu" else 0)[0]
+            return {"boxes": r.boxes.xyxy.cpu(), "scores": r.boxes.conf.cpu(),
+                    "labels": r.boxes.cls.cpu().long() + 1}
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+        out = self.model([x.to(self.device)])[0]
+        return {k: v.detach().cpu() for k, v in out.items()}
+
+    def predict(self, image: np.ndarray, score_threshold: float = 0.5,
+                nms_threshold: float = 0.5) -> DetectionResult:
+        """Detections of ``image`` (RGB uint8 (H, W, 3)) scoring at least
+        ``score_threshold``, after class-wise NMS at IoU ``nms_threshold``."""
+        if not 0.0 <= score_threshold <= 1.0 or not 0.0 < nms_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1] and nms_threshold in (0, 1], "
+                             f"got {score_threshold} and {nms_threshold}.")
+        image = check_image(image)
+        if self._pre is not None:
+            image = self._pre(image)
+        out = self._raw(image)
+        keep = out["scores"] >= score_threshold
+        boxes, scores, labels = out["boxes"][keep], out["scores"][keep], out["labels"][keep]
+        order = _class_nms(boxes, scores, labels, nms_threshold)
+        boxes, scores, labels = boxes[order], scores[order], labels[order]
+        masks = None
+        if "masks" in out:
+            m = out["masks"][keep][order]
+            masks = (m.reshape(len(order), *m.shape[-2:]) > 0.5).numpy()
+        names = [self.classes[int(l) - 1] if 1 <= int(l) <= len(self.classes) else str(int(l))
+                 for l in labels]
+        return DetectionResult(boxes.numpy().astype(np.float32).reshape(-1, 4), names,
+                               scores.numpy().astype(np.float32), masks, list(self.classes))
+
+    def __repr__(self) -> str:
+        kind = (self.meta.get("architecture_kwargs") or {}).get("kind", self.architecture)
+        return f"DetectorPredictor({kind}, classes={self.classes})"

@@ -1,0 +1,116 @@
+"""Quick models: a small model per task, trained in about a minute on a CPU, so that the
+demo and ``bloodlib predict`` work before any notebook has trained a real one.
+
+Quick models are *not* the papers' models: they train for seconds on a small subset (or
+on synthetic data when the datasets are absent), and their metadata says so
+(``training_data["profile"] == "quick-model"``).
+
+Adding a task is one function: decorate ``f(work_dir, seed, time_budget_s) -> (model,
+meta)`` with ``@quick_trainer("task")``; ``meta`` follows the model-store contract. The
+classification and detection experiments plug in by exposing ``quick_model(work_dir,
+seed, time_budget_s) -> (model, meta)`` in ``bloodlib.experiments.wbc_classification``
+and ``bloodlib.experiments.mcnet_detection``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import BloodlibError
+from .store import PathLike, save_model
+
+QuickTrainer = Callable[[Path, int, float], tuple[torch.nn.Module, dict[str, Any]]]
+QUICK_TRAINERS: dict[str, QuickTrainer] = {}
+QUICK_PROFILE = "quick-model"
+
+
+def quick_trainer(task: str) -> Callable[[QuickTrainer], QuickTrainer]:
+    """Register ``f(work_dir, seed, time_budget_s) -> (model, meta)`` for ``task``."""
+    def register(fn: QuickTrainer) -> QuickTrainer:
+        QUICK_TRAINERS[task] = fn
+        return fn
+    return register
+
+
+def quick_model_tasks() -> list[str]:
+    """Tasks with a quick trainer registered (whether or not it can run here)."""
+    return sorted(QUICK_TRAINERS)
+
+
+def train_quick_model(task: str, folder: Optional[PathLike] = None, *, name: Optional[str] = None,
+                      seed: int = 0, time_budget_s: float = 45.0, overwrite: bool = True) -> Path:
+    """Train a quick model for ``task`` and save it in the store (``folder`` or the default
+    store) as ``name`` (default ``quick-<task>``); returns the checkpoint path."""
+    if task not in QUICK_TRAINERS:
+        raise BloodlibError(f"No quick model for task {task!r}; tasks: {quick_model_tasks()}.")
+    with tempfile.TemporaryDirectory(prefix=f"bloodlib-quick-{task}-") as tmp:
+        model, meta = QUICK_TRAINERS[task](Path(tmp), int(seed), float(time_budget_s))
+    meta = dict(meta)
+    data = meta.get("training_data")
+    meta["training_data"] = dict(data if isinstance(data, dict) else {"dataset": str(data)},
+                                 profile=QUICK_PROFILE)
+    return save_model(model.cpu(), name or f"quick-{task}", meta, folder=folder,
+                      overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- segment
+@quick_trainer("segment")
+def _quick_segmenter(work_dir: Path, seed: int, time_budget_s: float):
+    """WCSegNet (width 0.25, 64 px, no augmentation, Adam 3e-3) on 64 Jiangxi images
+    (synthetic crops when absent): ~0.7 nucleus Dice after 35 s on 2 cores."""
+    from ..config import get_profile
+    from ..experiments import wbc_segmentation as wcs
+    from .segmentation import segmentation_meta
+
+    knobs = dict(get_profile("wcsegnet", "quick"))
+    knobs.update(epochs=40, time_budget_s=max(1.0, time_budget_s * 0.85), image_size=64,
+                 lr=3e-3, augment=False, max_train_batches=None, early_stopping_patience=None)
+    included, _, source = wcs.load_or_synthesize("jiangxi", knobs, work_dir, seed)
+    split = wcs.split_records(included, seed, 0.2, knobs["min_count"])
+    train = wcs.take_subset(split.train, knobs["max_train_images"], seed)
+    val = wcs.take_subset(split.test, knobs["max_val_images"], seed)
+    model, _, metrics = wcs.train_model("wcsegnet", train, val, knobs, "cpu", seed,
+                                        checkpoint_dir=work_dir / "ckpt")
+    keep = {k: metrics[k] for k in ("accuracy", "dice", "mIoU", "nucleus_dice") if k in metrics}
+    meta = segmentation_meta(
+        "wcsegnet", wcs.CLASS_NAMES, int(knobs["image_size"]),
+        architecture_kwargs={"width": float(knobs["width"])}, metrics=wcs.finite(keep),
+        training_data={"dataset": "wbc_seg_zheng/jiangxi" if source == "zheng" else "synthetic",
+                       "split": f"train subset ({len(train)} images), metrics on {len(val)} "
+                                f"held-out images", "source": source})
+    return model, meta
+
+
+# ----------------------------------------------------------------------------- classify, detect
+def _from_experiment(module_name: str, task: str, work_dir: Path, seed: int,
+                     time_budget_s: float):
+    """Call ``<module>.quick_model(work_dir, seed, time_budget_s)`` when that module exists."""
+    if importlib.util.find_spec(module_name) is None:
+        raise BloodlibError(f"No quick {task!r} model yet: {module_name} is not part of this "
+                            "version of bloodlib. Train a model in its notebook and save it "
+                            "with bloodlib.inference.save_model, or update bloodlib.")
+    module = importlib.import_module(module_name)
+    if not hasattr(module, "quick_model"):
+        raise BloodlibError(f"No quick {task!r} model yet: {module_name} has no "
+                            "quick_model(work_dir, seed, time_budget_s) function.")
+    return module.quick_model(work_dir, seed, time_budget_s)
+
+
+@quick_trainer("classify")
+def _quick_classifier(work_dir: Path, seed: int, time_budget_s: float):
+    """The WBC-type classification experiment's quick model."""
+    return _from_experiment("bloodlib.experiments.wbc_classification", "classify",
+                            work_dir, seed, time_budget_s)
+
+
+@quick_trainer("detect")
+def _quick_detector(work_dir: Path, seed: int, time_budget_s: float):
+    """The blood-cell detection experiment's quick model."""
+    return _from_experiment("bloodlib.experiments.mcnet_detection", "detect",
+                            work_dir, seed, time_budget_s)

@@ -1,0 +1,152 @@
+"""Semantic-segmentation predictor for the models of :mod:`bloodlib.models.segmentation_zoo`.
+
+The image is resized to the model's ``input_size`` (the size it was trained at, e.g.
+paper 5's 120x120 single-cell crops), segmented, and the class probabilities are
+resized back to the image, so the class map has the image's size.
+
+Checkpoints written by :func:`bloodlib.experiments.wbc_segmentation.train_model` before
+the model-store contract existed (``meta = {"model": name, "knobs": {...}}``) are read
+too: :func:`segmentation_meta_from_legacy` turns their metadata into the contract's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .common import DEFAULT_PREPROCESSING, check_image, preprocess_from_meta, to_tensor
+
+__all__ = ["SegmenterPredictor", "SegmentationResult", "segmentation_meta",
+           "segmentation_meta_from_legacy"]
+
+#: paper 5's classes (bloodlib.experiments.wbc_segmentation.CLASS_NAMES), used for legacy
+#: checkpoints with 4 classes
+PAPER5_CLASSES = ("background", "neutrophil", "lymphocyte", "basophil")
+
+
+@dataclass
+class SegmentationResult:
+    """Class index per pixel (``class_map`` (H, W), 0 = background) and the class names."""
+
+    class_map: np.ndarray
+    classes: list[str]
+    min_object_pixels: int = field(default=20, repr=False)
+
+    def areas(self) -> dict[str, int]:
+        """Pixels per class (background included)."""
+        counts = np.bincount(self.class_map.ravel(), minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+    def counts(self) -> dict[str, int]:
+        """Connected regions per foreground class (regions smaller than
+        ``min_object_pixels`` ignored) - e.g. the nuclei of each type."""
+        from scipy import ndimage
+        out = {}
+        for i, c in enumerate(self.classes[1:], start=1):
+            labels, n = ndimage.label(self.class_map == i)
+            sizes = np.bincount(labels.ravel())[1:] if n else np.array([])
+            out[c] = int((sizes >= self.min_object_pixels).sum())
+        return out
+
+
+def segmentation_meta(architecture: str, classes: Sequence[str], input_size: Any, *,
+                      architecture_kwargs: Optional[Mapping[str, Any]] = None,
+                      training_data: Any = None, metrics: Optional[Mapping[str, float]] = None,
+                      preprocessing: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Contract metadata (``task="segment"``) of a segmentation-zoo model."""
+    size = [int(input_size), int(input_size)] if np.isscalar(input_size) else \
+        [int(s) for s in input_size]
+    return {"task": "segment", "architecture": architecture,
+            "architecture_kwargs": dict(architecture_kwargs or {}),
+            "classes": [str(c) for c in classes], "input_size": size,
+            "preprocessing": dict(DEFAULT_PREPROCESSING, **(preprocessing or {})),
+            "training_data": training_data or {},
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()
+                        if isinstance(v, (int, float)) and np.isfinite(v)},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def segmentation_meta_from_legacy(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Contract metadata from ``{"model": name, "knobs": {...}}`` (wbc_segmentation)."""
+    knobs = dict(meta.get("knobs") or {})
+    n = int(knobs.get("num_classes", 4))
+    classes = list(meta.get("classes") or (PAPER5_CLASSES if n == 4 else
+                                           ["background"] + [f"class_{i}" for i in range(1, n)]))
+    out = segmentation_meta(str(meta["model"]), classes, int(knobs.get("image_size", 120)),
+                            architecture_kwargs={"width": float(knobs.get("width", 1.0))},
+                            training_data=meta.get("training_data") or
+                            {"dataset": ",".join(knobs.get("datasets") or []) or "unknown",
+                             "split": "train", "profile": knobs.get("profile")},
+                            metrics=meta.get("metrics"))
+    out["created"] = meta.get("created") or out["created"]
+    return out
+
+
+class SegmenterPredictor:
+    """Per-pixel classes for RGB uint8 images with a segmentation-zoo model."""
+
+    task = "segment"
+
+    def __init__(self, model: torch.nn.Module, meta: Mapping[str, Any], device: Any = "cpu") -> None:
+        self.meta = dict(meta)
+        self.classes = list(self.meta["classes"])
+        size = self.meta.get("input_size")
+        self.input_size = None if size is None else (
+            (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1])))
+        self.normalize = (self.meta.get("preprocessing") or {}).get("normalize", "unit")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self._pre = preprocess_from_meta(self.meta)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "SegmenterPredictor":
+        """Rebuild the model named in the checkpoint's metadata and load its weights."""
+        from ..models.segmentation_zoo import build_segmentation_model
+        from .store import ModelFormatError, normalize_meta, read_checkpoint
+        ckpt = read_checkpoint(path)
+        meta = dict(ckpt.get("meta") or {})
+        if "task" not in meta and {"model", "knobs"} <= meta.keys():
+            meta = segmentation_meta_from_legacy(meta)
+        meta = normalize_meta(meta)
+        if meta["task"] != "segment":
+            raise ModelFormatError(f"{path} is a {meta['task']!r} model, not a segmentation one.")
+        kwargs = dict(meta.get("architecture_kwargs") or {})
+        num_classes = int(kwargs.pop("num_classes", len(meta["classes"])))
+        try:
+            model = build_segmentation_model(meta["architecture"], num_classes, **kwargs)
+            model.load_state_dict(ckpt["model_state"])
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise ModelFormatError(f"{path}: cannot rebuild {meta['architecture']!r} with "
+                                   f"{kwargs}: {str(exc).splitlines()[0]}") from None
+        return cls(model, meta, device)
+
+    @torch.no_grad()
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities (C, H, W) float32 at the image's size."""
+        image = check_image(image)
+        if self._pre is not None:
+            image = self._pre(image)
+        h, w = image.shape[:2]
+        x = to_tensor(image, self.normalize)
+        if self.input_size is not None and (h, w) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
+                              antialias=True)
+        logits = self.model(x.to(self.device)).float()
+        if logits.shape[-2:] != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits.softmax(1)[0].cpu().numpy()
+
+    def predict(self, image: np.ndarray) -> SegmentationResult:
+        """The class map (H, W) of ``image`` (RGB uint8)."""
+        proba = self.predict_proba(image)
+        return SegmentationResult(proba.argmax(0).astype(np.int64), list(self.classes))
+
+    def __repr__(self) -> str:
+        return (f"SegmenterPredictor({self.meta['architecture']}, classes={self.classes}, "
+                f"input_size={self.input_size})")

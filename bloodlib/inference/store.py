@@ -1,0 +1,232 @@
+"""The model store: trained models with their metadata, in one folder.
+
+The folder is ``$BLOODLIB_MODELS`` or ``models/`` in the checkout (git-ignored). A model
+is one checkpoint ``<name>.pt`` written by :func:`bloodlib.engine.checkpoint.save_checkpoint`
+whose ``meta`` follows the contract of ``docs/ARCHITECTURE.md``: ``task``,
+``architecture``, ``architecture_kwargs``, ``classes``, ``input_size``,
+``preprocessing``, ``training_data``, ``metrics``, ``created``. Everything is read with
+``torch.load(..., weights_only=True)``: no pickled Python objects are ever executed.
+
+```python
+save_model(model, "wcsegnet-jiangxi", meta)
+list_models()                       # DataFrame: name, task, classes, input size, ...
+predictor = load_predictor("wcsegnet-jiangxi")
+predictor.predict(image)
+```
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import re
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import pandas as pd
+import torch
+
+from ..errors import BloodlibError, WeightsNotFoundError
+from .common import DEFAULT_PREPROCESSING, TASKS
+
+PathLike = Union[str, os.PathLike]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SUFFIX = ".pt"
+REQUIRED_META = ("task", "architecture", "classes")
+#: task -> (module, class) of its predictor; imported only when a model of the task loads.
+PREDICTORS: dict[str, tuple[str, str]] = {
+    "detect": ("bloodlib.inference.detection", "DetectorPredictor"),
+    "classify": ("bloodlib.inference.classification", "ClassifierPredictor"),
+    "segment": ("bloodlib.inference.segmentation", "SegmenterPredictor"),
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelNotFoundError(WeightsNotFoundError):
+    """No model of that name or path in the store."""
+
+
+class ModelFormatError(BloodlibError, ValueError):
+    """A file is not a bloodlib model checkpoint, or its metadata is incomplete."""
+
+
+def models_dir() -> Path:
+    """The store folder: ``$BLOODLIB_MODELS`` or ``<checkout>/models``."""
+    value = os.environ.get("BLOODLIB_MODELS")
+    return Path(value).expanduser().resolve() if value else PROJECT_ROOT / "models"
+
+
+def _store(folder: Optional[PathLike]) -> Path:
+    return Path(folder).expanduser().resolve() if folder is not None else models_dir()
+
+
+def normalize_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` with the contract's defaults filled in; ModelFormatError when a required key
+    (task, architecture, classes) is missing or the task is unknown."""
+    meta = dict(meta)
+    missing = [k for k in REQUIRED_META if not meta.get(k)]
+    if missing:
+        raise ModelFormatError(f"Model metadata lacks {missing}; a saved model needs at least "
+                               f"{list(REQUIRED_META)} (see docs/ARCHITECTURE.md).")
+    if meta["task"] not in TASKS:
+        raise ModelFormatError(f"Unknown task {meta['task']!r}; valid tasks: {list(TASKS)}.")
+    meta["classes"] = [str(c) for c in meta["classes"]]
+    meta.setdefault("architecture_kwargs", {})
+    meta.setdefault("input_size", None)
+    meta["preprocessing"] = dict(DEFAULT_PREPROCESSING, **(meta.get("preprocessing") or {}))
+    meta.setdefault("training_data", {})
+    meta.setdefault("metrics", {})
+    meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return meta
+
+
+def save_model(model: torch.nn.Module, name: str, meta: Mapping[str, Any], *,
+               folder: Optional[PathLike] = None, overwrite: bool = True,
+               history: Optional[list[dict]] = None) -> Path:
+    """Write ``model`` with its metadata as ``<store>/<name>.pt``; returns the path."""
+    if not _NAME.match(name or ""):
+        raise BloodlibError(f"Model name {name!r} is not valid; use letters, digits, '.', '_' "
+                            "and '-' (e.g. 'wcsegnet-jiangxi').")
+    from ..engine.checkpoint import save_checkpoint
+    path = _store(folder) / f"{name}{SUFFIX}"
+    if path.exists() and not overwrite:
+        raise BloodlibError(f"A model named {name!r} exists at {path}; pick another name or "
+                            "pass overwrite=True.")
+    return save_checkpoint(path, model, normalize_meta(meta), history=history)
+
+
+def read_checkpoint(path: PathLike, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint dict read with ``weights_only=True``; ModelFormatError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"No model file at {path}.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFormatError(f"{path} cannot be loaded safely (weights_only=True): {first}. "
+                               "Only checkpoints written by bloodlib (state dicts and JSON-able "
+                               "metadata) are accepted; re-save the model with "
+                               "bloodlib.inference.save_model.") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise ModelFormatError(f"{path} is not a bloodlib checkpoint (no 'model_state').")
+    return ckpt
+
+
+def read_meta(path: PathLike) -> dict[str, Any]:
+    """The contract metadata of a checkpoint (legacy WCSegNet checkpoints are converted)."""
+    meta = dict(read_checkpoint(path, mmap=True).get("meta") or {})
+    if "task" not in meta and "model" in meta and "knobs" in meta:  # wbc_segmentation.train_model
+        from .segmentation import segmentation_meta_from_legacy
+        meta = segmentation_meta_from_legacy(meta)
+    return normalize_meta(meta) if "task" in meta else meta
+
+
+def model_names(folder: Optional[PathLike] = None) -> list[str]:
+    """Names of the models in the store (sorted)."""
+    root = _store(folder)
+    return sorted(p.stem for p in root.glob(f"*{SUFFIX}")) if root.is_dir() else []
+
+
+def resolve_model(name_or_path: PathLike, folder: Optional[PathLike] = None) -> Path:
+    """The checkpoint file of a store name or a path; ModelNotFoundError listing the names."""
+    raw = Path(name_or_path).expanduser()
+    candidates = [raw] if raw.suffix == SUFFIX or raw.is_absolute() or len(raw.parts) > 1 else []
+    root = _store(folder)
+    candidates += [root / f"{name_or_path}{SUFFIX}", root / str(name_or_path)]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    names = model_names(folder)
+    hint = (f"models in {root}: {', '.join(names)}" if names else
+            f"the store {root} holds no model yet; train one (e.g. "
+            "bloodlib.inference.train_quick_model('segment')) or set BLOODLIB_MODELS")
+    raise ModelNotFoundError(f"No model {str(name_or_path)!r}: not a file and not in the store; "
+                             f"{hint}.")
+
+
+def _fmt_size(size: Any) -> str:
+    if size is None:
+        return "-"
+    if isinstance(size, (list, tuple)):
+        return "x".join(str(int(s)) for s in size)
+    return f"{int(size)}x{int(size)}"
+
+
+def _fmt_data(data: Any) -> str:
+    if isinstance(data, Mapping):
+        return " / ".join(str(data[k]) for k in ("dataset", "split", "source") if data.get(k))
+    return str(data or "-")
+
+
+def _fmt_metrics(metrics: Mapping[str, Any], n: int = 4) -> str:
+    items = [(k, v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))]
+    return ", ".join(f"{k}={v:.3g}" for k, v in items[:n]) or "-"
+
+
+def list_models(task: Optional[str] = None, folder: Optional[PathLike] = None) -> pd.DataFrame:
+    """One row per stored model: name, task, architecture, classes, input size, training
+    data, metrics, created, path. Unreadable files are skipped with a warning."""
+    cols = ["name", "task", "architecture", "classes", "input_size", "training_data",
+            "metrics", "created", "path"]
+    rows = []
+    for name in model_names(folder):
+        path = _store(folder) / f"{name}{SUFFIX}"
+        try:
+            meta = read_meta(path)
+        except BloodlibError as exc:
+            warnings.warn(f"Skipping {path}: {exc}", stacklevel=2)
+            continue
+        if "task" not in meta or (task and meta["task"] != task):
+            continue
+        rows.append({"name": name, "task": meta["task"], "architecture": meta["architecture"],
+                     "classes": ", ".join(meta["classes"]),
+                     "input_size": _fmt_size(meta.get("input_size")),
+                     "training_data": _fmt_data(meta.get("training_data")),
+                     "metrics": _fmt_metrics(meta.get("metrics") or {}),
+                     "created": str(meta.get("created", ""))[:19], "path": str(path)})
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values(["task", "created"], ascending=[True, False], ignore_index=True)
+
+
+def default_model(task: str, folder: Optional[PathLike] = None) -> Optional[str]:
+    """Name of the newest stored model for ``task``, or None."""
+    df = list_models(task, folder)
+    return None if df.empty else str(df.iloc[0]["name"])
+
+
+def predictor_class(task: str) -> type:
+    """The predictor class of ``task``, imported now; BloodlibError when its module is not
+    part of this version."""
+    if task not in PREDICTORS:
+        raise ModelFormatError(f"Unknown task {task!r}; valid tasks: {list(PREDICTORS)}.")
+    module_name, cls_name = PREDICTORS[task]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise BloodlibError(f"Models of task {task!r} need {module_name} ({cls_name}), which "
+                            "is not part of this version of bloodlib; update bloodlib or "
+                            "choose a model of another task.") from None
+    if not hasattr(module, cls_name):
+        raise BloodlibError(f"{module_name} has no {cls_name}; update bloodlib.")
+    return getattr(module, cls_name)
+
+
+def load_predictor(name_or_path: PathLike, device: Any = "cpu", task: Optional[str] = None,
+                   folder: Optional[PathLike] = None) -> Any:
+    """A ready predictor (``predict(image)``) for a stored model name or a checkpoint path;
+    ``task`` (optional) is checked against the model's."""
+    path = resolve_model(name_or_path, folder)
+    meta = read_meta(path)
+    if "task" not in meta:
+        raise ModelFormatError(f"{path} has no 'task' in its metadata; it was not saved as a "
+                               "model (see bloodlib.inference.save_model).")
+    if task is not None and meta["task"] != task:
+        raise BloodlibError(f"Model {str(name_or_path)!r} is a {meta['task']!r} model, not "
+                            f"{task!r}; pick a {task!r} model (list_models(task={task!r})).")
+    return predictor_class(meta["task"]).from_checkpoint(path, device=device)

@@ -1,0 +1,103 @@
+"""Channel and spatial attention as paper 3 (R-Mask R-CNN, sections III.B.2-3) describes.
+
+* :class:`ChannelAttention` (CA): average-pool every channel to one number (the vector
+  ``Q`` of eq. 1), a 1x1 convolution over ``Q``, a softmax over the channels.
+* :class:`SpatialAttention` (SA): a 1x1 convolution of the feature map to a single map
+  ``G``, a softmax over all positions of ``G``.
+* :class:`AttentionSequence`: the CA-SA and SA-CA compositions (one after the other).
+
+The paper's softmax weights sum to one. Multiplying a feature map by them would shrink
+it by the number of channels (CA) or positions (SA), so each module multiplies by
+``n * softmax`` instead: the weights keep their proportions (what the softmax decides)
+but average 1. The 1x1 convolutions start at zero, so every module starts as the
+identity and learns to depart from it. :meth:`weights` returns the raw softmax (sums to
+one), and each module keeps the weights of its last forward pass in ``last_weights``
+for the attention-map figures.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["ATTENTION_KINDS", "ChannelAttention", "SpatialAttention", "AttentionSequence",
+           "build_attention", "attention_modules"]
+
+#: Names accepted by :func:`build_attention` (paper 3's ablation: none, CA, SA, CA-SA, SA-CA).
+ATTENTION_KINDS = ("none", "ca", "sa", "ca_sa", "sa_ca")
+
+
+def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ChannelAttention(nn.Module):
+    """CA: ``x * C * softmax_c(conv1x1(avgpool(x)))`` for ``x`` of shape (B, C, H, W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = _zero_conv(self.channels, self.channels)
+        self.last_weights: Optional[torch.Tensor] = None
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax weights over the channels, shape (B, C, 1, 1), summing to 1 per image."""
+        return torch.softmax(self.conv(self.pool(x)), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights(x)
+        self.last_weights = w.detach()
+        return x * (w * self.channels)
+
+
+class SpatialAttention(nn.Module):
+    """SA: ``x * HW * softmax_hw(conv1x1(x))`` — one weight per position, shared by channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.conv = _zero_conv(self.channels, 1)
+        self.last_weights: Optional[torch.Tensor] = None
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax weights over the positions, shape (B, 1, H, W), summing to 1 per image."""
+        g = self.conv(x)
+        b, _, h, w = g.shape
+        return torch.softmax(g.reshape(b, 1, h * w), dim=-1).reshape(b, 1, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights(x)
+        self.last_weights = w.detach()
+        return x * (w * (x.shape[-2] * x.shape[-1]))
+
+
+class AttentionSequence(nn.Sequential):
+    """Attention modules applied one after the other (CA-SA: CA first; SA-CA: SA first)."""
+
+
+def build_attention(kind: str, channels: int) -> nn.Module:
+    """An attention module by name: ``none`` (identity), ``ca``, ``sa``, ``ca_sa``, ``sa_ca``."""
+    kind = str(kind).lower().replace("-", "_")
+    if kind == "none":
+        return nn.Identity()
+    if kind == "ca":
+        return ChannelAttention(channels)
+    if kind == "sa":
+        return SpatialAttention(channels)
+    if kind == "ca_sa":
+        return AttentionSequence(ChannelAttention(channels), SpatialAttention(channels))
+    if kind == "sa_ca":
+        return AttentionSequence(SpatialAttention(channels), ChannelAttention(channels))
+    raise ValueError(f"Unknown attention {kind!r}; choose one of {ATTENTION_KINDS}.")
+
+
+def attention_modules(module: nn.Module) -> dict[str, nn.Module]:
+    """Every :class:`ChannelAttention` / :class:`SpatialAttention` inside ``module``, by name."""
+    return {name: m for name, m in module.named_modules()
+            if isinstance(m, (ChannelAttention, SpatialAttention))}

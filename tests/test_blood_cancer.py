@@ -1,0 +1,121 @@
+"""Paper 3's experiment helpers on synthetic data: evaluation metrics, tables, a tiny
+training run, crops for the DCNN stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bloodlib.config import get_profile
+from bloodlib.experiments import blood_cancer as bc
+
+TINY = dict(image_size=64, fpn_channels=16, mask_channels=16, batch_size=2, train_steps=2,
+            ablation_steps=1, time_budget_s=None, ablation_time_budget_s=None,
+            detections_per_img=10, cls_size=32, cls_epochs=1, cls_batch=8, unet_steps=2,
+            unet_base_channels=4, unet_batch=2, unet_time_budget_s=None, cls_time_budget_s=None,
+            ablation_variants=[{"attention": "sa", "bottom_up": False}])
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    coco = bc.synthetic_cells(tmp_path_factory.mktemp("cells"), 3, seed=0, split="train", size=64)
+    return coco, bc.make_eval_set(coco, 64)
+
+
+def test_profiles_registered():
+    for profile in ("quick", "bench_cpu", "full"):
+        k = get_profile("blood_cancer", profile)
+        assert k["backbone"] in ("mobilenet_v3_large", "resnet50") and k["image_size"] >= 256
+    assert get_profile("blood_cancer", "bench_cpu")["time_budget_s"] == 3600
+    assert get_profile("blood_cancer", "full")["optimizer"] == "sgd"  # the paper's optimiser
+
+
+def test_letterbox_valid_and_subset():
+    v = bc.letterbox_valid({"orig_width": 2040, "orig_height": 1536}, 256, 256)
+    rows = np.nonzero(v.any(axis=1))[0]
+    assert v[:, 0].sum() == rows.size and 190 <= rows.size <= 194 and rows[0] >= 30
+    assert bc.letterbox_valid({}, 4, 5).all()
+    coco = {"images": [{"id": i} for i in range(1, 6)],
+            "annotations": [{"id": i, "image_id": i} for i in range(1, 6)]}
+    sub = bc.subset_coco(coco, 2, seed=0)
+    assert len(sub["images"]) == 2 and {a["image_id"] for a in sub["annotations"]} == \
+        {im["id"] for im in sub["images"]}
+
+
+def test_evaluation_of_perfect_and_empty_predictions(synth):
+    _, ev = synth
+    assert ev.coco["annotations"] and ev.images[0].shape == (3, 64, 64)
+    perfect = [bc.Prediction(m, np.ones(len(m))) for m in ev.masks]
+    m = bc.evaluate_predictions(perfect, ev)
+    assert m["IoU"] == pytest.approx(1) and m["pixel_accuracy"] == pytest.approx(1)
+    assert m["rmse"] == pytest.approx(0) and m["cell_iou"] == pytest.approx(1)
+    assert m["segm_AP50"] == pytest.approx(1) and m["matched_cells"] == m["gt_cells"]
+    empty = [bc.Prediction(np.zeros((0, 64, 64), bool), np.zeros(0)) for _ in ev.masks]
+    e = bc.evaluate_predictions(empty, ev)
+    assert e["IoU"] == 0 and e["cell_iou"] == 0 and e["segm_AP"] == 0 and e["rmse"] > 0
+    low = [bc.Prediction(m, np.full(len(m), 0.1)) for m in ev.masks]
+    assert bc.evaluate_predictions(low, ev, score_threshold=0.5)["IoU"] == 0  # below threshold
+
+
+def test_table1_puts_paper_beside_ours():
+    ours = {"fcm": {"IoU": 0.5, "pixel_accuracy": 0.9, "rmse": 0.3},
+            "rmaskrcnn": {"IoU": 0.8, "pixel_accuracy": 0.95, "rmse": 0.2}}
+    t = bc.table1(ours)
+    row = t[(t["model"] == "R-Mask R-CNN") & (t["metric"] == "IoU")].iloc[0]
+    assert row["paper"] == 90.03 and row["ours"] == pytest.approx(80)
+    assert set(t["model"]) == {"FCM", "R-Mask R-CNN"} and len(t) == 6
+
+
+def test_tiny_training_run_and_ablation(synth):
+    coco, ev = synth
+    knobs = get_profile("blood_cancer", "quick", **TINY)
+    r = bc.train_and_evaluate("rmaskrcnn", coco, ev, knobs, seed=0)
+    assert r["log"].steps == 2 and np.isfinite(r["log"].to_frame()["loss"]).all()
+    assert 0 <= r["metrics"]["IoU"] <= 1 and len(r["preds"]) == len(ev.images)
+    abl = bc.run_ablation(coco, ev, knobs, seed=0)
+    assert list(abl) == ["Mask R-CNN (torchvision FPN)", "FPN-SA + MS head",
+                         "FPN-CA-SA + B-U + MS head (R-Mask R-CNN)"]
+    table = bc.ablation_table(abl)
+    assert (table["steps"] == 1).all() and table["cell_iou"].between(0, 1).all()
+    with pytest.raises(ValueError, match="maskrcnn"):
+        bc.build_model("yolo", knobs)
+
+
+def test_unet_and_fcm_baselines(synth):
+    coco, ev = synth
+    knobs = get_profile("blood_cancer", "quick", **TINY)
+    model, log = bc.train_unet(coco, knobs)
+    assert log.steps == 2
+    preds = bc.predict_unet(model, ev, knobs)
+    fcm_preds, labels = bc.predict_fcm(ev, knobs)
+    assert labels[0].shape == (64, 64) and len(fcm_preds) == len(preds) == len(ev.images)
+    m = bc.evaluate_predictions(fcm_preds, ev)
+    assert m["IoU"] > 0.1  # synthetic WBCs are dark on a bright background
+
+
+def test_crops_and_dcnn_stage(synth):
+    coco, _ = synth
+    knobs = get_profile("blood_cancer", "quick", **TINY)
+    x, y = bc.cell_crops(coco, knobs)
+    assert x and all(c.shape == (32, 32, 3) for c in x) and y[0] == "plasma_cell"
+    assert y.count("plasma_cell") == len(coco["annotations"])
+    model = bc.build_dcnn(knobs, 2)
+    assert not model.pretrained_loaded
+    prob = bc.predict_dcnn(model, x[:3])
+    assert prob.shape == (3, 2) and np.allclose(prob.sum(1), 1, atol=1e-5)
+    from bloodlib.metrics import classification_report
+    rep = classification_report(["plasma_cell", "other", "other"], y_prob=np.array(
+        [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), classes=bc.CLS_CLASSES)
+    cm, t3 = bc.classification_tables(rep)
+    assert cm.shape == (2, 2) and t3.loc["average (ours)", "accuracy"] == pytest.approx(200 / 3)
+    assert t3.loc["paper DeepBCSDnet average (ALL vs MM)", "accuracy"] == 95.57
+
+
+def test_learning_rate_schedule():
+    knobs = {"warmup_steps": 4, "lr_schedule": "cosine"}
+    assert bc._lr_factor(0, 0.0, 100, None, knobs) == pytest.approx(0.25)  # warm-up
+    assert bc._lr_factor(4, 0.0, 100, None, knobs) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 0.04)))
+    assert bc._lr_factor(10, 90.0, 10**6, 100.0, knobs) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 0.9)))
+    assert bc._lr_factor(50, 0.0, 100, None, {"warmup_steps": 1}) == 1.0  # constant

@@ -1,0 +1,96 @@
+"""The results board: matching results to paper table rows, the report, the run hook;
+and the latency benchmark's results JSON."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from bloodlib import board
+from bloodlib.cli import main
+from bloodlib.results import load_results, make_result, write_result
+from stub_predictors import StubClassifier, StubDetector, smear
+
+
+def _result(model, dataset, profile="quick", paper="paper5", experiment="wcsegnet", **metrics):
+    metrics = metrics or {"accuracy": 0.9, "precision": 0.8, "dice": 0.7, "mIoU": 0.6,
+                          "nucleus_dice": 0.75}
+    return make_result(experiment, paper, dataset, "test", metrics, {}, 0, profile, 1.0,
+                       model=model, device="cpu")
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    run, ref = tmp_path / "outputs" / "quick" / "results", tmp_path / "reference"
+    for model in ("wcsegnet", "unet_leaky"):
+        write_result(_result(model, "jiangxi"), run)
+    write_result(_result("wcsegnet", "jiangxi", profile="bench_cpu",
+                         accuracy=0.97, dice=0.95), ref)
+    write_result(_result(None, "synthetic", paper="course", experiment="demo",
+                         latency_mean_ms=80.0), run)
+    write_result(_result("wcsegnet", "bccd_wbc_masks", nucleus_dice=0.6), run)
+    return ref, run
+
+
+def test_rows_are_matched_by_model_and_dataset():
+    assert board.match_table_row(_result("wcsegnet", "jiangxi"), "table1") == {
+        "dataset": "Jiangxi", "model": "WCSegNet"}
+    assert board.match_table_row(_result("unet_leaky", "cellavision"), "table1") == {
+        "dataset": "CellaVision", "model": "Unet (LeakyRelu)"}
+    assert board.match_table_row(_result("wcsegnet", "jiangxi"), "table2") is None  # BCISC
+    assert board.match_table_row(_result("unet", "jiangxi"), "table1") is None  # ambiguous
+    explicit = _result("mine", "zheng-1")
+    explicit["extra"] = {"paper_table": "table1", "paper_row": {"model": "WCSegNet",
+                                                                "dataset": "Jiangxi"}}
+    assert board.match_table_row(explicit, "table1") == {"model": "WCSegNet", "dataset": "Jiangxi"}
+
+
+def test_board_report(dirs, tmp_path):
+    ref, run = dirs
+    md, html = board.write_board(tmp_path / "board", [ref, run])
+    text = md.read_text()
+    assert "## Runs" in text and "| wcsegnet | paper5 | jiangxi | wcsegnet | bench_cpu | reference" in text
+    assert "### table1:" in text and "WCSegNet, Jiangxi" in text and "Unet (LeakyRelu), Jiangxi" in text
+    assert "0.9805" in text  # the paper's accuracy for WCSegNet on Jiangxi
+    assert "quick · run quick" in text and "bench_cpu · reference" in text
+    assert "### table2" not in text  # BCISC: nothing of ours
+    others = text.split("## Other results")[1]
+    assert "### demo" in others and "bccd_wbc_masks" in others
+    cmp = pd.read_csv(tmp_path / "board" / "comparisons.csv")
+    row = cmp[(cmp["row"] == "WCSegNet, Jiangxi") & (cmp["metric"] == "accuracy")]
+    assert sorted(row["ours"]) == [0.9, 0.97] and set(row["profile"]) == {"quick", "bench_cpu"}
+    assert "mixed" not in set(cmp["unit"])
+    assert (tmp_path / "board" / "figures" / "paper5_table1.png").stat().st_size > 1000
+    page = html.read_text()
+    assert "<table" in page and "figures/paper5_table1.png" in page and "background:#f0ad4e" in page
+
+
+def test_empty_board_still_writes_a_report(tmp_path):
+    md, html = board.write_board(tmp_path / "b", [tmp_path / "nothing"])
+    assert "_No results yet._" in md.read_text() and html.is_file()
+
+
+def test_course_run_writes_the_board(dirs, tmp_path, capsys):
+    from bloodlib.notebooks import write_results_board
+    _, run = dirs
+    md = write_results_board(run.parent)
+    assert md == run.parent / "board" / "results_board.md" and "WCSegNet, Jiangxi" in md.read_text()
+    assert main(["board", str(run), "--out", str(tmp_path / "cli_board")]) == 0
+    assert (tmp_path / "cli_board" / "results_board.html").is_file()
+
+
+def test_latency_benchmark_writes_a_valid_result(tmp_path):
+    from bloodlib.inference.benchmark import latency_benchmark
+    images = [smear(i) for i in range(2)]
+    report = latency_benchmark(StubDetector(), StubClassifier(), images, folder_images=3,
+                               warmup=1)
+    m = report.metrics
+    assert all(math.isfinite(v) for v in m.values())
+    assert m["images_timed"] == 2 and m["folder_images"] == 3 and m["cells_per_image"] == 3
+    assert m["wbc_classified_per_image"] == 1 and m["latency_mean_ms"] > 0
+    assert report.info["with_classifier"] and report.info["main_task"] == "detect"
+    path = report.write(tmp_path / "results", "quick")
+    (res,) = load_results(path)
+    assert res["experiment"] == "latency" and res["metrics"]["throughput_images_per_s"] > 0

@@ -1,0 +1,123 @@
+"""R-Mask R-CNN: FPN-AM / B-U-AM variants (output keys and sizes), the multi-scale mask
+head, anchors, and tiny train/eval forward passes."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from bloodlib.models.attention import ChannelAttention, SpatialAttention
+from bloodlib.models.rmaskrcnn import (AttentionFPN, MultiLevelRoIAlign, MultiScaleMaskHead,
+                                       attention_maps, backbone_body, build_plain_maskrcnn,
+                                       build_rmaskrcnn, variant_name)
+from bloodlib.errors import WeightsNotFoundError
+
+SMALL = dict(image_size=64, fpn_channels=32, mask_channels=16, rpn_pre_nms_top_n_train=50,
+             rpn_post_nms_top_n_train=20, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
+             box_batch_size_per_image=16, representation_size=32)
+
+
+def _feats(channels=(8, 16, 24, 32), size=32):
+    return OrderedDict((str(i), torch.randn(1, c, size >> i, size >> i)) for i, c in enumerate(channels))
+
+
+@pytest.mark.parametrize("attention", ["none", "ca", "sa", "ca_sa", "sa_ca"])
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_fpn_variants_keys_and_sizes(attention, bottom_up):
+    fpn = AttentionFPN([8, 16, 24, 32], 16, attention, bottom_up)
+    out = fpn(_feats())
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(v.shape) for v in out.values()] == [(1, 16, 32, 32), (1, 16, 16, 16),
+                                                      (1, 16, 8, 8), (1, 16, 4, 4), (1, 16, 2, 2)]
+    n_att = sum(isinstance(m, (ChannelAttention, SpatialAttention)) for m in fpn.modules())
+    per_level = {"none": 0, "ca": 1, "sa": 1, "ca_sa": 2, "sa_ca": 2}[attention]
+    assert n_att == per_level * (4 + (3 if bottom_up else 0))
+
+
+def test_bottom_up_changes_upper_levels_only():
+    torch.manual_seed(0)
+    fpn = AttentionFPN([8, 16, 24, 32], 16, "none", bottom_up=True)
+    feats = _feats()
+    f = fpn.top_down(list(feats.values()))
+    n = fpn.bottom_up_path(f)
+    assert torch.equal(n[0], f[0]) and not torch.allclose(n[3], f[3])
+
+
+def test_backbone_levels_at_strides_4_to_32():
+    body, channels = backbone_body("mobilenet_v3_large")
+    out = body(torch.rand(1, 3, 64, 64))
+    assert channels == [24, 40, 112, 960]
+    assert [v.shape[-1] for v in out.values()] == [16, 8, 4, 2]
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        backbone_body("vgg16")
+
+
+def test_pretrained_backbone_needs_cached_weights(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match="never"):
+        backbone_body("resnet18", pretrained=True)
+
+
+def test_multilevel_roi_align_and_mask_head():
+    feats = _feats((16, 16, 16, 16), 32)
+    boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0], [10.0, 20.0, 90.0, 100.0]])]
+    pooled = MultiLevelRoIAlign(output_size=14)(feats, boxes, [(128, 128)])
+    assert pooled.shape == (2, 4, 16, 14, 14)
+    head = MultiScaleMaskHead(16, 4, 8)
+    assert head(pooled).shape == (2, 8, 14, 14)
+    assert head(pooled[:0]).shape == (0, 8, 14, 14)
+
+
+def _batch():
+    imgs = [torch.rand(3, 64, 64) for _ in range(2)]
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[0, 5:25, 8:30] = 1
+    masks[1, 35:60, 30:55] = 1
+    tg = {"boxes": torch.tensor([[8.0, 5, 30, 25], [30.0, 35, 55, 60]]),
+          "labels": torch.tensor([1, 1]), "masks": masks}
+    return imgs, [tg, tg]
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(attention="sa", bottom_up=False,
+                                                 multiscale_mask_head=False)])
+def test_rmaskrcnn_train_and_eval_forward(kwargs):
+    torch.manual_seed(0)
+    model = build_rmaskrcnn(1, **kwargs, **SMALL)
+    imgs, targets = _batch()
+    model.train()
+    losses = model(imgs, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                           "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    assert 0.5 < losses["loss_mask"].item() < 0.9  # small initial mask logits: ~ln 2
+    model.eval()
+    with torch.no_grad():
+        out = model(imgs)
+    assert len(out) == 2 and set(out[0]) == {"boxes", "labels", "scores", "masks"}
+    assert out[0]["masks"].shape[1:] == (1, 64, 64)
+    assert model.transform.min_size == (64,) and model.bloodlib_config["architecture"] == "rmaskrcnn"
+
+
+def test_plain_maskrcnn_and_anchors():
+    model = build_plain_maskrcnn(1, **SMALL)
+    assert not any(isinstance(m, (ChannelAttention, SpatialAttention)) for m in model.modules())
+    gen = model.rpn.anchor_generator
+    assert gen.sizes == ((16,), (32,), (64,), (128,), (256,))
+    assert all(r == (0.5, 1.0, 2.0) for r in gen.aspect_ratios)
+    imgs, targets = _batch()
+    model.train()
+    assert torch.isfinite(sum(model(imgs, targets).values()))
+    assert variant_name("ca_sa", True, True) == "FPN-CA-SA + B-U + MS head"
+    assert variant_name("none", False, False) == "FPN"
+
+
+def test_attention_maps_sum_to_one():
+    model = build_rmaskrcnn(1, attention="ca_sa", bottom_up=True, **SMALL)
+    maps = attention_maps(model, torch.rand(3, 64, 64))
+    assert len(maps) == 2 * 7
+    ca = maps["fpn.fpn_attention.0.0"]
+    sa = maps["fpn.fpn_attention.0.1"]
+    assert ca.shape == (32,) and sa.shape == (16, 16)
+    assert torch.isclose(ca.sum(), torch.tensor(1.0)) and torch.isclose(sa.sum(), torch.tensor(1.0))

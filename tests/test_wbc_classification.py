@@ -1,0 +1,260 @@
+"""Cell-classification experiment: profiles, duplicate-aware splits, metrics wiring,
+training, saving for the demo, paper tables."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bloodlib.config import get_profile
+from bloodlib.data.splits import pixel_hash
+from bloodlib.data.synthetic import write_classification_set
+from bloodlib.errors import DatasetIntegrityError
+from bloodlib.experiments import wbc_classification as wc
+
+CLASSES3 = ("eosinophil", "lymphocyte", "neutrophil")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """36 synthetic crops per class for three WBC types, preloaded at 32 px."""
+    recs = write_classification_set(tmp_path_factory.mktemp("syn"), 36, seed=1, size=48,
+                                    classes=CLASSES3)
+    return wc.preload(recs, 32, source="synthetic")
+
+
+def _knobs(**kw):
+    knobs = dict(get_profile("wbc_classification", "quick"))
+    knobs.update(image_size=32, batch_size=16, **kw)
+    return knobs
+
+
+def _with_duplicates(data, pairs):
+    """``data`` whose hashes make each (i, j) of ``pairs`` a duplicate; labels of j set to
+    ``pairs[(i, j)]`` when given."""
+    hashes, labels = list(data.hashes), list(data.labels)
+    for (i, j), label in pairs.items():
+        hashes[j] = hashes[i]
+        if label:
+            labels[j] = label
+    return wc.CellImages(data.images, labels, data.paths, hashes, data.source)
+
+
+# ----------------------------------------------------------------------------- profiles
+def test_profiles():
+    quick, bench, full = (get_profile("wbc_classification", p)
+                          for p in ("quick", "bench_cpu", "full"))
+    assert bench["protocols"][0] == "paper1_80_20" and bench["pretrained"] is False
+    assert bench["time_budget_s"]["paper1_80_20"] <= 25 * 60
+    assert full["pretrained"] is True and full["image_size"] == 224
+    assert quick["image_size"] <= 64 and quick["max_per_class"] is not None
+    for knobs in (quick, bench, full):
+        assert set(knobs["epochs"]) == set(wc.PROTOCOLS)
+
+
+# ----------------------------------------------------------------------------- data, splits
+def test_preload_hashes_match_pixel_hash(synthetic):
+    assert synthetic.images.shape == (108, 32, 32, 3) and synthetic.images.dtype == np.uint8
+    assert synthetic.hashes[0] == pixel_hash(synthetic.paths[0])
+    assert synthetic.counts() == {c: 36 for c in CLASSES3}
+
+
+def test_group_split_keeps_duplicates_together(synthetic):
+    data = _with_duplicates(synthetic, {(0, 1): None, (0, 2): None, (40, 41): None})
+    for kw in ({"fractions": {"train": 0.8, "test": 0.2}},
+               {"counts": {"train": 20, "val": 5, "test": 5}}):
+        parts = wc.group_split(data.labels, data.hashes, seed=3, **kw)
+        where = {i: k for k, idx in parts.items() for i in idx}
+        assert where[0] == where[1] == where[2] and where[40] == where[41]
+        assert sorted(i for idx in parts.values() for i in idx) == sorted(set(where))
+    per_class = wc.group_split(data.labels, data.hashes, counts={"train": 20, "val": 5, "test": 5})
+    test_labels = [data.labels[i] for i in per_class["test"]]
+    assert {c: test_labels.count(c) for c in CLASSES3} == {c: 5 for c in CLASSES3}
+
+
+def test_conflicting_duplicates_are_dropped(synthetic):
+    data = _with_duplicates(synthetic, {(0, 50): "lymphocyte", (80, 81): None})
+    assert len(wc.duplicate_groups(data)) == 2
+    table = wc.duplicate_table(data)
+    assert table["conflicting"].tolist().count(True) == 1
+    clean, dropped = wc.drop_conflicting(data)
+    assert dropped == 2 and len(clean) == len(data) - 2
+    assert len(wc.duplicate_groups(clean)) == 1  # the consistent pair stays
+
+
+def test_protocol_split_has_no_leakage_and_right_parts(synthetic):
+    knobs = _knobs(val_fraction=0.25)
+    parts = wc.protocol_split(synthetic, "paper1_80_20", knobs, seed=0)
+    assert set(parts) == {"train", "val", "test"}
+    assert sum(map(len, parts.values())) == len(synthetic)
+    assert len(parts["test"]) == pytest.approx(0.2 * len(synthetic), abs=3)
+    paths = [set(p.paths) for p in parts.values()]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    p2 = wc.protocol_split(synthetic, "paper2_300_100_100", knobs, seed=0)  # scaled down
+    assert [len(p2[k]) for k in ("train", "val", "test")] == [63, 21, 24]
+    only5 = wc.protocol_split(synthetic, "wbc5", knobs, seed=0)
+    assert set(only5["train"].labels) <= set(wc.WBC5)
+
+
+def test_check_split_detects_a_duplicate_across_parts(synthetic):
+    a, b = synthetic.subset(range(0, 10)), synthetic.subset(range(10, 20))
+    wc.check_split({"train": a, "test": b})
+    leaky = wc.CellImages(b.images, b.labels, b.paths, [a.hashes[0]] + b.hashes[1:])
+    with pytest.raises(DatasetIntegrityError, match="cross parts"):
+        wc.check_split({"train": a, "test": leaky})
+
+
+# ----------------------------------------------------------------------------- metrics wiring
+class _Oracle(nn.Module):
+    """Predicts the class written in the image's red channel (value = 10 x index)."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.dummy = k, nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        idx = (x[:, 0].mean((1, 2)) * 255 / 10).round().long().clamp(0, self.k - 1)
+        return nn.functional.one_hot(idx, self.k).float() * 10 + self.dummy
+
+
+def _coded(labels, wrong=()):
+    imgs = np.zeros((len(labels), 16, 16, 3), np.uint8)
+    for i, lab in enumerate(labels):
+        k = CLASSES3.index(lab)
+        imgs[i, :, :, 0] = 10 * ((k + 1) % 3 if i in wrong else k)
+    return wc.CellImages(imgs, list(labels), [Path(f"{i}.png") for i in range(len(labels))],
+                         [str(i) for i in range(len(labels))])
+
+
+def test_evaluator_and_report_wiring():
+    labels = ["eosinophil"] * 4 + ["lymphocyte"] * 3 + ["neutrophil"] * 3
+    data = _coded(labels, wrong={0})  # one eosinophil predicted as lymphocyte
+    model = _Oracle(3)
+    ev = wc.evaluate(model, data, CLASSES3, tta="flip")
+    assert ev.report.accuracy == pytest.approx(0.9) and list(ev.wrong) == [0]
+    assert ev.report.confusion[0, 1] == 1
+    m = ev.metrics()
+    assert m["error_rate"] == pytest.approx(0.1)
+    assert m["recall/eosinophil"] == pytest.approx(0.75)
+    assert m["precision/lymphocyte"] == pytest.approx(0.75)
+    assert m["specificity/lymphocyte"] == pytest.approx(6 / 7)
+    assert all(np.isfinite(list(m.values())))
+    row = wc.summary_row(ev)
+    assert row["F1"] == pytest.approx(ev.report.macro["f1"]) and row["roc_auc"] <= 1
+    loader = wc.make_loader(data, CLASSES3, _knobs(), train=False)
+    out = wc.classification_evaluator(CLASSES3)(model, loader, torch.device("cpu"))
+    assert out["accuracy"] == pytest.approx(0.9) and out["loss"] > 0
+    assert 0 < out["macro_f1"] < 1
+
+
+def test_progress_cosine_schedule(monkeypatch):
+    sched = wc.ProgressCosine(100, None, warmup=0.1, min_fraction=0.0)
+    assert sched(0) < sched(5) < sched(10) == pytest.approx(1.0)
+    assert sched(55) == pytest.approx(0.5, abs=1e-6) and sched(100) == pytest.approx(0.0)
+    clock = [1000.0]
+    monkeypatch.setattr(wc.time, "monotonic", lambda: clock[0])
+    timed = wc.ProgressCosine(1000, budget_s=10.0, warmup=0.0)
+    clock[0] += 10.0  # the budget is spent although few steps were done
+    assert timed(3) == pytest.approx(0.0, abs=1e-9)
+
+
+class _AutocastProbe(nn.Module):
+    """Records whether each training forward ran under CPU bfloat16 autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.seen = nn.Linear(4, 2), []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(torch.is_autocast_enabled("cpu")
+                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return self.lin(x).float()
+
+
+@pytest.mark.parametrize("amp, expected", [("bf16", True), ("auto", False)])
+def test_fit_uses_bf16_autocast_on_cpu_only_when_asked(amp, expected):
+    from bloodlib.engine.trainer import fit
+    model = _AutocastProbe()
+    data = [(torch.rand(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+    fit(model, data, None, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1), 1,
+        "cpu", monitor="train_loss", mode="min", amp=amp, progress=False)
+    assert model.seen == [expected] * 3
+
+
+def test_resolve_amp(monkeypatch):
+    monkeypatch.setattr(wc, "cpu_has_bf16", lambda: True)
+    assert wc.resolve_amp("bf16_cpu", torch.device("cpu")) == "bf16"
+    assert wc.resolve_amp("bf16_cpu", torch.device("cuda")) == "auto"
+    monkeypatch.setattr(wc, "cpu_has_bf16", lambda: False)
+    assert wc.resolve_amp("bf16_cpu", torch.device("cpu")) == "auto"
+    assert wc.resolve_amp(False, torch.device("cpu")) is False
+
+
+def test_train_save_and_predict_round_trip(synthetic, tmp_path):
+    knobs = _knobs(epochs={k: 3 for k in wc.PROTOCOLS}, time_budget_s={k: 60 for k in wc.PROTOCOLS},
+                   tta="none", cnn_width=0.25, lr=0.05)
+    parts = wc.protocol_split(synthetic, "paper1_80_20", knobs, seed=0)
+    t = wc.train_classifier("cnn", parts, CLASSES3, knobs, "paper1_80_20", "cpu", seed=0)
+    df = t.history.to_frame()
+    assert len(df) == 3 and {"train_loss", "val_accuracy", "val_macro_f1", "lr"} <= set(df.columns)
+    assert df["lr"].iloc[-1] < df["lr"].iloc[0] or df["lr"].iloc[0] < knobs["lr"]
+    assert t.info["images_per_second"] > 0 and t.info["peak_rss_mb"] > 0
+    assert t.info["images_seen"] == sum(df["train_batches"]) * 16
+    ev = wc.evaluate(t.model, parts["test"], CLASSES3)
+    path = wc.save_classifier(tmp_path / "m.pt", t, knobs, {"dataset": "synthetic"},
+                              {"accuracy": ev.report.accuracy})
+    from bloodlib.inference import load_predictor
+    pred = load_predictor(path)
+    res = pred.predict_batch([im for im in parts["test"].images[:5]])
+    got = np.array([[r.probabilities[c] for c in CLASSES3] for r in res])
+    assert np.allclose(got, ev.probs[:5], atol=1e-5)
+    assert pred.meta["training_data"] == {"dataset": "synthetic"}
+
+
+def test_quick_model_for_the_demo(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOODLIB_DATA", str(tmp_path / "no-data"))
+    t0 = time.perf_counter()
+    model, meta = wc.quick_model(tmp_path, seed=0, time_budget_s=3)
+    assert time.perf_counter() - t0 < 60
+    assert meta["task"] == "classify" and meta["classes"] == list(wc.PBC8)
+    assert meta["training_data"]["dataset"] == "synthetic"
+    assert model(torch.rand(2, 3, 48, 48)).shape == (2, 8)
+
+
+# ----------------------------------------------------------------------------- paper tables
+def test_paper_tables():
+    t4 = wc.paper4_table({"ResNet-18 | PBC": 0.95})
+    assert t4.iloc[0]["accuracy (%)"] == pytest.approx(98.61373901367188)
+    assert t4.iloc[1]["accuracy (%)"] == pytest.approx(95.0)
+    ours = {"accuracy": 0.98, "precision": 0.97, "recall": 0.96, "F1": 0.965, "specificity": 0.99}
+    t8 = wc.pbc8_paper_table({"us": ours})
+    resnet101 = t8[t8["model"] == "Mask R-CNN ResNet101"].iloc[0]
+    assert resnet101["accuracy"] == pytest.approx(99.31)
+    assert t8[t8["source"] == "ours"].iloc[0]["F1"] == pytest.approx(96.5)
+    assert (t8["model"].str.contains("VGG-16 \\+ Inception")).any()  # paper 1's related work
+    assert t8["accuracy"].max() <= 100
+
+
+# ----------------------------------------------------------------------------- real data
+@pytest.mark.realdata
+def test_pbc_duplicates_never_cross_parts(data_root):
+    from bloodlib.data.parsers.pbc import load_pbc
+    recs = load_pbc(classes=["basophil", "eosinophil", "monocyte", "neutrophil"])
+    data = wc.preload(recs, 16)
+    groups = wc.duplicate_groups(data)
+    assert len(groups) >= 5  # BA x3, EO x1, MO x1, EO/BNE (conflicting)
+    clean, dropped = wc.drop_conflicting(data)
+    assert dropped == 2
+    for protocol in ("wbc5", "paper1_80_20", "paper2_300_100_100"):
+        parts = wc.protocol_split(clean, protocol, {"val_fraction": 0.1}, seed=0)
+        owners = {}
+        for k, d in parts.items():
+            for h in d.hashes:
+                owners.setdefault(h, set()).add(k)
+        assert all(len(v) == 1 for v in owners.values())

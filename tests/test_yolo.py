@@ -1,0 +1,104 @@
+"""YOLOv9 through ultralytics, offline: configuration, YOLO export and COCO re-scoring,
+a one-epoch training with every network access blocked (conftest), checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bloodlib import yolo
+from bloodlib.data.convert import yolo_to_coco
+from bloodlib.data.synthetic import write_detection_set
+from bloodlib.errors import WeightsNotFoundError
+from bloodlib.metrics.detection import coco_evaluate
+
+
+@pytest.fixture(scope="module")
+def smears(tmp_path_factory):
+    root = tmp_path_factory.mktemp("yolo_smears")
+    return {"train": write_detection_set(root / "train", 4, 0, height=96, width=128, split="train"),
+            "val": write_detection_set(root / "val", 2, 1, height=96, width=128, split="val")}
+
+
+def test_offline_configuration():
+    work = yolo.configure_offline()
+    import ultralytics.utils as uu
+    assert os.environ["YOLO_OFFLINE"] == "True"
+    assert uu.ONLINE is False and uu.SETTINGS["sync"] is False
+    assert (Path(uu.USER_CONFIG_DIR) / "Arial.ttf").is_file()  # no font download
+    assert Path(uu.SETTINGS["weights_dir"]) == work / "weights"
+
+
+def test_export_round_trip_and_coco_rescoring(smears, tmp_path):
+    data_yaml = yolo.export_yolo_dataset(smears, tmp_path / "yolo")
+    text = data_yaml.read_text()
+    assert "train: images/train" in text and "val: images/val" in text and "nc: 3" in text
+    gt = smears["val"]
+    paths = [tmp_path / "yolo" / "images" / "val" / Path(im["path"]).name for im in gt["images"]]
+    back = yolo_to_coco(paths, tmp_path / "yolo" / "labels" / "val", ["WBC", "RBC", "Platelets"])
+    a = np.array([x["bbox"] for x in gt["annotations"]])
+    b = np.array([x["bbox"] for x in back["annotations"]])
+    assert np.allclose(a, b, atol=1e-3)
+    assert [x["category_id"] for x in back["annotations"]] == \
+        [x["category_id"] for x in gt["annotations"]]
+
+    # a stand-in "model" answering with the ground truth as YOLO would (class indices 0..)
+    by_path = {str(im["path"]): [x for x in gt["annotations"] if x["image_id"] == im["id"]]
+               for im in gt["images"]}
+
+    class Perfect:
+        def predict(self, source, **kw):
+            out = []
+            for path in source:
+                anns = by_path[path]
+                xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in
+                                     (a["bbox"] for a in anns)]).reshape(-1, 4)
+                cls = torch.tensor([float(a["category_id"] - 1) for a in anns])
+                out.append(SimpleNamespace(boxes=SimpleNamespace(
+                    xyxy=xyxy, cls=cls, conf=torch.full((len(anns),), 0.9))))
+            return out
+
+    preds = yolo.predict_coco_yolo(Perfect(), gt, imgsz=128)
+    assert len(preds) == len(gt["annotations"])
+    assert {p["category_id"] for p in preds} <= {1, 2, 3}
+    report = yolo.evaluate_yolo(None, gt, predictions=preds)
+    assert report.AP50 == pytest.approx(1.0) and report.AP == pytest.approx(1.0)
+
+
+def test_missing_pretrained_weights_are_not_downloaded(tmp_path):
+    assert yolo.find_local_weights("yolov9t", search=[tmp_path]) is None or \
+        yolo.find_local_weights("yolov9t", search=[tmp_path]).is_file()
+    if yolo.find_local_weights("yolov9t") is None:
+        with pytest.raises(WeightsNotFoundError, match="yolov9t.pt"):
+            yolo.build_yolo("yolov9t", pretrained=True)
+    with pytest.raises(ValueError, match="Unknown YOLO"):
+        yolo.build_yolo("yolov42")
+
+
+def test_one_epoch_offline_training_scored_by_our_evaluator(smears, tmp_path):
+    data_yaml = yolo.export_yolo_dataset(smears, tmp_path / "yolo")
+    result = yolo.train_yolo(data_yaml, "yolov9t", epochs=1, imgsz=64, batch=2, device="cpu",
+                             pretrained=False, project=tmp_path / "runs", mosaic=0.0,
+                             warmup_epochs=0.0)
+    assert result.epochs == 1 and result.best is not None and result.best.is_file()
+    assert {"train/box_loss", "train/cls_loss"} <= set(result.history.columns)
+    gt = smears["val"]
+    preds = yolo.predict_coco_yolo(result.model, gt, imgsz=64, max_det=50)
+    assert all(p["image_id"] in {im["id"] for im in gt["images"]} for p in preds)
+    report = coco_evaluate(gt, preds)
+    assert 0.0 <= report.AP50 <= 1.0
+
+    path = yolo.save_yolo_checkpoint(result.model, tmp_path / "y.pt", ["WBC", "RBC", "Platelets"],
+                                     imgsz=64)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["meta"]["architecture"] == "yolo" and ckpt["meta"]["architecture_kwargs"]["nc"] == 3
+    model, meta = yolo.load_yolo_checkpoint(path)
+    again = yolo.predict_coco_yolo(model, gt, imgsz=64, max_det=50)
+    assert len(again) == len(preds)
+    if preds:
+        assert np.allclose([p["score"] for p in again], [p["score"] for p in preds], atol=1e-4)
