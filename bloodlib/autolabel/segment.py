@@ -1,5 +1,4 @@
-"""Auto-annotation: instance masks from boxes, and masks + boxes from single-cell images,
-by classical segmentation (paper 1 section 3.2; paper 2's PBC masks without hand labels).
+"""Classical segmentation of one cell: inside a box, or at the centre of a single-cell image.
 
 **Stain space.** Romanowsky stains are separated with Macenko's stain vectors
 (:mod:`bloodlib.transforms.preprocess`) fitted on the region itself (else the PBC
@@ -22,8 +21,8 @@ mean IoU 0.92 vs 0.85 on BCCD, 0.91 vs 0.85 on CellaVision, 0.95 vs 0.96 on Jian
 * ``"watershed"``: marker watershed (scikit-image) on the gradient of the stain-space
   image, nucleus hull inside, context outside.
 * ``"auto"``: grabcut for nucleated cells (WBC, the PBC classes) and platelets, threshold
-  for RBCs (fast: a smear has many). A mask that fills < 20 % or > 97 % of its box falls back to the other
-  method, then to the ellipse inscribed in the box (``"ellipse"``).
+  for RBCs (fast: a smear has many). A mask that fills < 20 % or > 97 % of its box falls
+  back to the other method, then to the ellipse inscribed in the box (``"ellipse"``).
 
 Every mask is then opened, reduced to the component nearest the box centre, its holes
 filled, and clipped to the box. **Single-cell images** (``annotate_single_cell``, PBC:
@@ -33,20 +32,12 @@ image joined) as the sure foreground of a GrabCut over the whole image (longer s
 border plus plasma far from the nucleus as sure background. Platelets (anucleate) are
 the purple clump nearest the centre (purple and azure-rich, so that dark overlapping
 red cells do not count) grown over the azure-stained pixels touching it.
-
-:func:`autolabel_quality` measures the masks against real ones (BCCD WBC masks, Zheng
-sets); its report also gives the IoU of the plain inscribed ellipse, the baseline any
-box gives for free.
 """
 
 from __future__ import annotations
 
-import copy
-import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -54,20 +45,12 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 from skimage.segmentation import watershed
 
-from .data.convert import category_id, mask_to_rle, rle_to_mask
-from .data.records import LabelledImage, category_names, new_coco
-from .errors import AnnotationError, MaskError, UnknownClassError
-from .io import read_image
-from .transforms.preprocess import (background_intensity, check_rgb_uint8, optical_density,
-                                    stain_concentrations)
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-    from matplotlib.figure import Figure
+from ..errors import AnnotationError, MaskError, UnknownClassError
+from ..transforms.preprocess import (background_intensity, check_rgb_uint8, optical_density,
+                                     stain_concentrations)
 
 __all__ = ["AutolabelError", "AutoMask", "METHODS", "cell_kind", "stain_space", "mask_in_box",
-           "segment_in_box", "annotate_single_cell", "segment_single_cell", "autolabel_boxes",
-           "autolabel_pbc", "QualityReport", "autolabel_quality", "quality_figure"]
+           "segment_in_box", "annotate_single_cell", "segment_single_cell"]
 
 METHODS = ("auto", "threshold", "grabcut", "watershed")
 WORK_SIDE = 96  # px: a box's longer side while it is segmented
@@ -81,6 +64,7 @@ GRABCUT_ITERS = 4
 OD_GAIN = 80.0  # OD (norm, eosin) -> 8-bit grey levels for GrabCut
 SINGLE_SEED_SCALE = 2.0  # single cell: probable-foreground ellipse / nucleus size
 PLASMA_OD = 0.12  # mean OD below which a pixel is plasma (single-cell sure background)
+STAINED_OD = 0.058  # mean OD above which a pixel counts as stained (threshold method, WBC)
 
 _KINDS = {"wbc": "wbc", "rbc": "rbc", "platelets": "platelet", "platelet": "platelet",
           "basophil": "wbc", "eosinophil": "wbc", "erythroblast": "wbc", "ig": "wbc",
@@ -325,11 +309,14 @@ def _box_threshold(reg: _Region, feat: np.ndarray, kind: str) -> np.ndarray:
         # red cells are discs: the hull fills the pale centre, the ellipse cuts the
         # corners where touching neighbours enter the box
         return _hull(m) & _ellipse(inbox.shape, reg.box, RBC_ELLIPSE) if m.any() else m
-    azure = _azure(feat)
     if kind == "platelet":
-        m = azure & inbox
+        m = _azure(feat) & inbox
         m = _components_near(m, *reg.centre, min_share=0.0) if m.any() else m
         return _hull(m) & inbox if m.any() else m
+    # WBC: pale cytoplasm is only faintly stained, so "stained" is a fixed low OD here
+    frac = cv2.GaussianBlur(feat[..., 0], (0, 0), 1.0)
+    stained = feat[..., 2] > STAINED_OD * np.sqrt(3)
+    azure = (frac > _otsu(frac[stained])) & stained if stained.sum() > 10 else frac > 0.5
     score = _purple_score(reg.rgb)
     nuc = (score > _top_class(score[inbox])) & inbox
     return (azure | nuc) & inbox
@@ -414,32 +401,29 @@ def _small(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 
 def _central_blob(score: np.ndarray, frac: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """``(blob, clump)``: the top class (3-class Otsu) of ``score`` in the blob nearest the
-    centre, and that blob with lobes and clumps closer than ~6 % of the image joined.
-
-    Blobs under 10 % of the largest one's area are not candidates. With ``frac`` (azure
-    fraction), blobs and pieces whose mean azure fraction is under half of the best's
-    (dark, overlapping red cells) are not candidates either.
+    centre (blobs under 10 % of the largest's area are no candidates), and that blob with
+    lobes and clumps closer than ~6 % of the image joined. With ``frac`` (azure
+    fraction), joined pieces whose mean azure fraction is under half of the central
+    piece's (dark, overlapping red cells) are dropped.
     """
     top = (score > _top_class(score)).astype(np.uint8)
     top = cv2.morphologyEx(top, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     if not top.any():
         return top > 0, top > 0
     h, w = top.shape
+    cy, cx = (h - 1) / 2, (w - 1) / 2
     disk = _disk(0.06 * max(h, w))
-    if frac is not None:
-        top = _drop_red_pieces(top > 0, frac).astype(np.uint8)
     joined = cv2.morphologyEx(top, cv2.MORPH_CLOSE, disk) > 0
-    clump = ndi.binary_fill_holes(_components_near(joined, (h - 1) / 2, (w - 1) / 2, min_share=0.1))
-    return (top > 0) & clump, clump
-
-
-def _drop_red_pieces(mask: np.ndarray, frac: np.ndarray) -> np.ndarray:
-    """Pieces of ``mask`` whose mean azure fraction is at least half of the highest."""
-    n, cc = cv2.connectedComponents(mask.astype(np.uint8))
-    if n <= 2:
-        return mask
-    means = ndi.mean(frac, cc, index=np.arange(1, n))
-    return np.isin(cc, np.flatnonzero(means >= 0.5 * np.max(means)) + 1)
+    blob = (top > 0) & _components_near(joined, cy, cx, min_share=0.1)
+    if frac is not None:
+        n, cc = cv2.connectedComponents(blob.astype(np.uint8))
+        if n > 2:
+            seed = cc[_components_near(blob, cy, cx, min_share=0.1)][0]
+            means = ndi.mean(frac, cc, index=np.arange(1, n))
+            blob = np.isin(cc, np.flatnonzero(means >= 0.5 * means[seed - 1]) + 1)
+            joined = cv2.morphologyEx(blob.astype(np.uint8), cv2.MORPH_CLOSE, disk) > 0
+    clump = ndi.binary_fill_holes(_components_near(joined, cy, cx, min_share=0.1))
+    return blob & clump, clump
 
 
 def _platelet_score(rgb: np.ndarray) -> np.ndarray:
@@ -523,304 +507,3 @@ def annotate_single_cell(image: np.ndarray, cell_class: Optional[str] = None,
     :func:`segment_single_cell` (which also names the method)."""
     r = segment_single_cell(image, cell_class, method)
     return r.mask, r.box
-
-
-# ---------------------------------------------------------------- COCO builders
-def _meta(method: str, mask: np.ndarray) -> dict[str, Any]:
-    return {"method": method, "mask_area": int(mask.sum())}
-
-
-def autolabel_boxes(coco: dict, method: str = "auto", progress: bool = False) -> dict:
-    """A copy of ``coco`` whose annotations gain an RLE ``segmentation`` (and
-    ``autolabel: {method, mask_area}``); boxes, classes and areas are left as they are.
-
-    Each box is segmented by :func:`segment_in_box` with its category name as the cell
-    class. ``info["autolabel"]`` counts the methods used; boxes that fell back to the
-    inscribed ellipse are listed there under ``"fallbacks"``.
-    """
-    out = copy.deepcopy(coco)
-    names = {c["id"]: c["name"] for c in out["categories"]}
-    for name in names.values():
-        cell_kind(name)  # fail early on a class we cannot segment
-    by_image: dict[int, list[dict]] = {}
-    for ann in out["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    counts: dict[str, int] = {}
-    fallbacks = []
-    images = [im for im in out["images"] if im["id"] in by_image]
-    for im in _progress(images, progress, "autolabel boxes"):
-        image = read_image(im["path"])
-        for ann in by_image[im["id"]]:
-            x, y, w, h = ann["bbox"]
-            r = segment_in_box(image, (x, y, x + w, y + h), names[ann["category_id"]], method)
-            ann["segmentation"] = mask_to_rle(r.mask)
-            ann["autolabel"] = _meta(r.method, r.mask)
-            counts[r.method] = counts.get(r.method, 0) + 1
-            if r.method == "ellipse":
-                fallbacks.append({"annotation": ann["id"], "image": im["file_name"]})
-    out.setdefault("info", {})["autolabel"] = {"method": method, "counts": counts,
-                                               "fallbacks": fallbacks}
-    return out
-
-
-def autolabel_pbc(records: Sequence[LabelledImage], classes: Sequence[str], method: str = "auto",
-                  dataset: str = "pbc", split: str = "", progress: bool = False) -> dict:
-    """COCO dict of single-cell images: one instance (mask, tight box, class) per image.
-
-    Categories are ``classes`` in the given order. Images where segmentation fails are
-    left out of ``images`` (an image without its cell would teach "background") and
-    listed in ``info["autolabel"]["failed"]`` with the reason; a warning says how many.
-    """
-    classes = list(classes)
-    coco = new_coco(classes, dataset, split)
-    failed, counts = [], {}
-    for rec in _progress(records, progress, "autolabel single cells"):
-        cat = category_id(classes, rec.label)
-        image = read_image(rec.path)
-        try:
-            r = segment_single_cell(image, rec.label, method)
-        except AutolabelError as exc:
-            failed.append({"path": str(rec.path), "label": rec.label, "reason": str(exc)})
-            continue
-        image_id = len(coco["images"]) + 1
-        H, W = image.shape[:2]
-        coco["images"].append({"id": image_id, "file_name": Path(rec.path).name, "width": W,
-                               "height": H, "path": str(Path(rec.path).resolve())})
-        x0, y0, x1, y1 = r.box
-        coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
-                                    "category_id": cat, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                    "area": float(r.mask.sum()), "iscrowd": 0,
-                                    "segmentation": mask_to_rle(r.mask),
-                                    "autolabel": _meta(r.method, r.mask)})
-        counts[r.method] = counts.get(r.method, 0) + 1
-    coco["info"]["autolabel"] = {"method": method, "counts": counts, "failed": failed}
-    if failed:
-        warnings.warn(f"Auto-annotation failed on {len(failed)} of {len(records)} images; they are "
-                      "left out and listed in coco['info']['autolabel']['failed'].", stacklevel=2)
-    return coco
-
-
-def _progress(items: Sequence[Any], show: bool, desc: str):
-    if not show:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc)
-
-
-# ---------------------------------------------------------------- quality
-QUALITY_DATASETS = ("bccd_wbc", "jiangxi", "cellavision")
-
-
-@dataclass
-class QualityReport:
-    """Auto-masks versus real masks: ``summary`` per cell type (n, IoU mean / median /
-    10th percentile, failures, the inscribed-ellipse baseline) and one row per cell."""
-
-    summary: "pd.DataFrame"
-    rows: "pd.DataFrame"
-    setting: dict = field(default_factory=dict)
-
-    def metrics(self) -> dict[str, float]:
-        """Flat ``{"iou_mean_<type>": ...}`` numbers for ``run.finish(metrics=...)``."""
-        out = {}
-        for cell_type, row in self.summary.iterrows():
-            out[f"iou_mean_{cell_type}"] = float(row["iou_mean"])
-            out[f"iou_median_{cell_type}"] = float(row["iou_median"])
-        return out
-
-
-@dataclass
-class _Cell:
-    image_path: Path
-    cell_type: str
-    gt: np.ndarray
-    box: Optional[tuple[float, float, float, float]]
-    component: int = 0
-
-
-def _bccd_cells(box_source: str, root: Any, bccd_root: Any, min_area: int = 300) -> list[_Cell]:
-    """One cell per connected component (>= ``min_area`` px) of each BCCD WBC mask."""
-    from .data.masks import cell_mask, read_label_mask
-    from .data.parsers import load_bccd, load_bccd_wbc_masks
-
-    records = load_bccd_wbc_masks(root, bccd_root, on_missing="ignore")
-    boxes: dict[str, list[tuple[float, ...]]] = {}
-    if box_source == "annotation":
-        coco = load_bccd("all", bccd_root)
-        wbc = category_id(category_names(coco), "WBC")
-        names = {im["id"]: im["file_name"] for im in coco["images"]}
-        for a in coco["annotations"]:
-            if a["category_id"] == wbc:
-                x, y, w, h = a["bbox"]
-                boxes.setdefault(names[a["image_id"]], []).append((x, y, x + w, y + h))
-    cells = []
-    for rec in records:
-        full = cell_mask(read_label_mask(rec))
-        n, cc, stats, _ = cv2.connectedComponentsWithStats(full.astype(np.uint8))
-        for k in range(1, n):
-            if stats[k, cv2.CC_STAT_AREA] < min_area:
-                continue
-            gt = cc == k
-            box = _tight_box(gt)
-            if box_source == "annotation":
-                box = _best_box(box, boxes.get(Path(rec.image_path).name, []))
-            cells.append(_Cell(Path(rec.image_path), "WBC", gt, box, k))
-    return cells
-
-
-def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _best_box(ref: Sequence[float], candidates: Sequence[Sequence[float]],
-              min_iou: float = 0.3) -> Optional[tuple[float, float, float, float]]:
-    scored = [(_box_iou(ref, c), tuple(c)) for c in candidates]
-    best = max(scored, default=(0.0, None))
-    return best[1] if best[0] >= min_iou else None
-
-
-def _zheng_cells(which: str, root: Any) -> list[_Cell]:
-    from .data.masks import cell_mask, read_label_mask
-    from .data.parsers import load_zheng
-
-    cells = []
-    for rec in load_zheng(which, root):
-        gt = cell_mask(read_label_mask(rec))
-        cells.append(_Cell(Path(rec.image_path), rec.label or "WBC", gt, _tight_box(gt)))
-    return cells
-
-
-def autolabel_quality(dataset: str = "bccd_wbc", mode: str = "box", box_source: str = "mask",
-                      method: str = "auto", max_cells: Optional[int] = None,
-                      root: Any = None, bccd_root: Any = None) -> QualityReport:
-    """Mask IoU of auto-masks against real whole-cell masks (nucleus + cytoplasm).
-
-    * ``dataset="bccd_wbc"``: the BCCD WBC masks (Banik et al.), one cell per connected
-      component; ``box_source="mask"`` boxes it with the mask's bounding box,
-      ``"annotation"`` with the BCCD VOC WBC box overlapping it most (IoU >= 0.3; cells
-      without one are rows with status ``"no box"``, outside the statistics).
-    * ``dataset="jiangxi"`` / ``"cellavision"``: the Zheng sets, per WBC type;
-      ``mode="box"`` uses the mask's bounding box, ``mode="single_cell"`` no box at all
-      (:func:`segment_single_cell`, the PBC situation).
-
-    A failed single-cell segmentation counts as IoU 0. ``baseline_iou`` is the IoU of the
-    ellipse inscribed in the box (NaN in single-cell mode). ``seconds`` is CPU time per
-    cell. ``root`` / ``bccd_root`` override the dataset folders.
-    """
-    import pandas as pd
-
-    if dataset not in QUALITY_DATASETS:
-        raise ValueError(f"dataset must be one of {QUALITY_DATASETS}, got {dataset!r}.")
-    if mode not in ("box", "single_cell"):
-        raise ValueError(f"mode must be 'box' or 'single_cell', got {mode!r}.")
-    if box_source not in ("mask", "annotation"):
-        raise ValueError(f"box_source must be 'mask' or 'annotation', got {box_source!r}.")
-    if dataset == "bccd_wbc":
-        if mode != "box":
-            raise ValueError("BCCD images hold many cells: use mode='box' for dataset='bccd_wbc'.")
-        cells = _bccd_cells(box_source, root, bccd_root)
-    else:
-        if box_source != "mask":
-            raise ValueError("The Zheng sets have no box annotations: use box_source='mask'.")
-        cells = _zheng_cells(dataset, root)
-    if max_cells is not None:
-        cells = cells[:max_cells]
-    rows, cache, wall = [], {}, time.perf_counter()
-    for c in cells:
-        if c.image_path not in cache:
-            cache = {c.image_path: read_image(c.image_path)}
-        rows.append(_measure(cache[c.image_path], c, dataset, mode, method))
-    frame = pd.DataFrame(rows)
-    setting = {"dataset": dataset, "mode": mode, "box_source": box_source if mode == "box" else None,
-               "method": method, "cells": len(cells), "wall_seconds": time.perf_counter() - wall}
-    return QualityReport(_summarise(frame), frame, setting)
-
-
-def _measure(image: np.ndarray, c: _Cell, dataset: str, mode: str, method: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"dataset": dataset, "image": str(c.image_path), "component": c.component,
-                           "cell_type": c.cell_type, "iou": np.nan, "baseline_iou": np.nan,
-                           "method": None, "status": "ok", "seconds": np.nan,
-                           "gt_rle": mask_to_rle(c.gt), "auto_rle": None}
-    if mode == "box" and c.box is None:
-        row["status"] = "no box"
-        return row
-    t0 = time.process_time()
-    try:
-        if mode == "box":
-            r = segment_in_box(image, c.box, "WBC", method)
-        else:
-            r = segment_single_cell(image, c.cell_type if c.cell_type in _KINDS else None, method)
-        row.update(method=r.method, iou=_iou(r.mask, c.gt), auto_rle=mask_to_rle(r.mask))
-    except AutolabelError as exc:
-        row.update(status=f"failed: {exc}", iou=0.0)
-    row["seconds"] = time.process_time() - t0
-    if mode == "box":
-        row["baseline_iou"] = _iou(_ellipse(image.shape[:2], c.box), c.gt)
-    return row
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else float("nan")
-
-
-def _summarise(frame: "pd.DataFrame") -> "pd.DataFrame":
-    import pandas as pd
-
-    scored = frame[frame["status"] != "no box"]
-    parts = [(t, g) for t, g in scored.groupby("cell_type", sort=True)] + [("all", scored)]
-    rows = []
-    for cell_type, g in parts:
-        rows.append({"cell_type": cell_type, "n": len(g), "iou_mean": g["iou"].mean(),
-                     "iou_median": g["iou"].median(), "iou_p10": g["iou"].quantile(0.1),
-                     "failed": int(g["status"].str.startswith("failed").sum()),
-                     "baseline_iou_mean": g["baseline_iou"].mean(),
-                     "seconds_mean": g["seconds"].mean()})
-    summary = pd.DataFrame(rows).set_index("cell_type")
-    summary.loc["all", "no_box"] = int((frame["status"] == "no box").sum())
-    return summary
-
-
-def quality_figure(report: QualityReport, n: int = 4, pad: float = 0.25) -> "Figure":
-    """Best (top row) and worst (bottom row) ``n`` cells of a report: the real mask's
-    outline in green, the auto-mask's in magenta, IoU and cell type in the title."""
-    import matplotlib.pyplot as plt
-
-    rows = report.rows[report.rows["status"] != "no box"].sort_values("iou", ascending=False)
-    n = max(1, min(n, len(rows)))
-    picks = [("best", rows.head(n)), ("worst", rows.tail(n).iloc[::-1])]
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
-    for r, (label, part) in enumerate(picks):
-        for ax in axes[r]:
-            ax.set_axis_off()
-        for k, (_, row) in enumerate(part.iterrows()):
-            ax = axes[r, k]
-            image = read_image(row["image"])
-            gt = rle_to_mask(row["gt_rle"]) > 0
-            auto = rle_to_mask(row["auto_rle"]) > 0 if row["auto_rle"] else np.zeros_like(gt)
-            ax.imshow(_outline(image, gt, auto, pad))
-            ax.set_title(f"{label}: IoU {row['iou']:.2f}\n{row['cell_type']}", fontsize=9)
-    fig.suptitle(f"Auto-masks on {report.setting.get('dataset', '')} "
-                 f"({report.setting.get('mode', '')}): real mask green, auto-mask magenta", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _outline(image: np.ndarray, gt: np.ndarray, auto: np.ndarray, pad: float) -> np.ndarray:
-    """Crop around both masks with their outlines drawn."""
-    out = image.copy()
-    for mask, colour in ((gt, (0, 200, 0)), (auto, (230, 0, 230))):
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, colour, max(1, image.shape[0] // 200))
-    both = gt | auto
-    if not both.any():
-        return out
-    x0, y0, x1, y1 = _tight_box(both)
-    px, py = pad * (x1 - x0), pad * (y1 - y0)
-    H, W = image.shape[:2]
-    return out[int(max(0, y0 - py)):int(min(H, y1 + py)), int(max(0, x0 - px)):int(min(W, x1 + px))]
