@@ -95,6 +95,18 @@ def test_train_and_evaluate_mcnet_end_to_end(synthetic, tmp_path):
     assert ref.loc["mAP50", "paper"] == pytest.approx(96.76)
     assert ref.loc["mAP50", "ours"] == pytest.approx(100 * m["mAP50"])
 
+    from bloodlib.inference import load_predictor
+    from bloodlib.io import read_image
+    stored = mc.store_outcome(out, synthetic["train"], k, "mcnet-synthetic-quick",
+                              folder=tmp_path / "store")
+    assert stored == tmp_path / "store" / "mcnet-synthetic-quick.pt"
+    predictor = load_predictor(stored, task="detect")
+    assert predictor.classes == mc.class_names(synthetic["train"])
+    assert predictor.meta["metrics"]["test_mAP50"] == pytest.approx(m["mAP50"])
+    result = predictor.predict(read_image(synthetic["test"]["images"][0]["path"]),
+                               score_threshold=0.0)
+    assert result.boxes.shape[1] == 4 and set(result.labels) <= set(predictor.classes)
+
 
 def test_table1_puts_the_mixed_map_column_in_percent():
     ours = {"recall": 0.5, "precision": 0.6, "mAP50": 0.7, "mAP50_95": 0.4}

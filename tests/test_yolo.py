@@ -18,6 +18,31 @@ from bloodlib.errors import WeightsNotFoundError
 from bloodlib.metrics.detection import coco_evaluate
 
 
+@pytest.fixture
+def network_attempts(monkeypatch):
+    """Every DNS lookup or non-loopback connection attempted during the test (the conftest
+    already makes connections fail; this also catches attempts a library swallows)."""
+    import socket
+    attempts: list = []
+    real_gai, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def gai(host, *a, **k):
+        if host not in (None, "localhost", "127.0.0.1", "::1"):
+            attempts.append(("dns", host))
+        return real_gai(host, *a, **k)
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1")
+                                          or host.startswith("/")):
+            attempts.append(("connect", address))
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", gai)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
 @pytest.fixture(scope="module")
 def smears(tmp_path_factory):
     root = tmp_path_factory.mktemp("yolo_smears")
@@ -80,7 +105,7 @@ def test_missing_pretrained_weights_are_not_downloaded(tmp_path):
         yolo.build_yolo("yolov42")
 
 
-def test_one_epoch_offline_training_scored_by_our_evaluator(smears, tmp_path):
+def test_one_epoch_offline_training_scored_by_our_evaluator(smears, tmp_path, network_attempts):
     data_yaml = yolo.export_yolo_dataset(smears, tmp_path / "yolo")
     result = yolo.train_yolo(data_yaml, "yolov9t", epochs=1, imgsz=64, batch=2, device="cpu",
                              pretrained=False, project=tmp_path / "runs", mosaic=0.0,
@@ -102,3 +127,19 @@ def test_one_epoch_offline_training_scored_by_our_evaluator(smears, tmp_path):
     assert len(again) == len(preds)
     if preds:
         assert np.allclose([p["score"] for p in again], [p["score"] for p in preds], atol=1e-4)
+
+    # the benchmark's path into the model store, and back as a predictor
+    from types import SimpleNamespace
+    from bloodlib.experiments import mcnet_detection as mc
+    from bloodlib.inference import load_predictor
+    from bloodlib.io import read_image
+    ev = SimpleNamespace(metrics=lambda: {"mAP50": report.AP50, "mAP50_95": report.AP})
+    out = mc.Outcome("yolov9", result.model, ev, result.history, 1.0, 1, 4)
+    stored = mc.store_outcome(out, smears["train"], {"yolo_imgsz": 64, "preprocessing": None},
+                              "yolov9-synthetic-quick", folder=tmp_path / "store")
+    detector = load_predictor(stored, task="detect")
+    assert detector.classes == mc.class_names(smears["train"])
+    assert detector.meta["input_size"] == 64 and detector.meta["architecture"] == "yolo"
+    res = detector.predict(read_image(gt["images"][0]["path"]), score_threshold=0.0)
+    assert res.boxes.shape[1] == 4 and set(res.labels) <= set(detector.classes)
+    assert network_attempts == []  # nothing tried to download (weights, fonts, AMP check)

@@ -37,7 +37,8 @@ def fuzzy_cmeans(data: np.ndarray, n_clusters: int, m: float = 2.0, max_iter: in
     """Fuzzy c-means of ``data`` (N, D): ``(centers (c, D), memberships (c, N), iterations)``."""
     data = np.asarray(data, dtype=np.float64)
     if data.ndim != 2 or len(data) < n_clusters:
-        raise ValueError(f"data must be (N, D) with N >= n_clusters={n_clusters}; got {data.shape}.")
+        raise ValueError(f"data must be (N, D) with N >= n_clusters={n_clusters}; "
+                         f"got {data.shape}.")
     if m <= 1:
         raise ValueError(f"The fuzzifier m must be > 1, got {m}.")
     rng = np.random.default_rng(seed)

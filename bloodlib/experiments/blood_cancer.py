@@ -62,20 +62,21 @@ MODEL_LABELS = {"fcm": "FCM", "maskrcnn": "Mask R-CNN", "unet": "U-Net",
 _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fcm_min_size": 30,
            "min_instance_size": 30, "grad_clip": 10.0, "weight_decay": 1e-4, "num_workers": 0,
            "gan_crop": 64, "gan_batch": 8, "gan_noise_std": 0.04, "gan_channels": 32,
-           "gan_blocks": 3, "cls_margin": 0.15, "cls_batch": 16, "cls_small_input": None, "qualitative_n": 3,
+           "gan_blocks": 3, "cls_margin": 0.15, "cls_batch": 16, "cls_small_input": None,
+           "qualitative_n": 3,
            "detections_per_img": 50, "synthetic_images": 24, "lr_schedule": "constant"}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,
           "mask_channels": 128, "pretrained_backbone": False,
           "max_train_images": 24, "max_val_images": 10, "batch_size": 2,
           "optimizer": "adamw", "lr": 1e-3, "momentum": 0.9, "warmup_steps": 5,
-          "train_steps": 30, "time_budget_s": 30,
+          "train_steps": 30, "time_budget_s": 25,
           "ablation_variants": [{"attention": "sa", "bottom_up": True},
                                 {"attention": "ca_sa", "bottom_up": False}],
-          "ablation_steps": 30, "ablation_time_budget_s": 30, "gan_augment": True,
-          "gan_steps": 40, "gan_time_budget_s": 15, "unet_base_channels": 8, "unet_steps": 30,
-          "unet_batch": 4, "unet_time_budget_s": 15, "cls_size": 64, "cls_small_input": False,
-          "cls_epochs": 3, "cls_max_per_class": 80, "cls_time_budget_s": 15}
+          "ablation_steps": 30, "ablation_time_budget_s": 25, "gan_augment": True,
+          "gan_steps": 40, "gan_time_budget_s": 10, "unet_base_channels": 8, "unet_steps": 30,
+          "unet_batch": 4, "unet_time_budget_s": 10, "cls_size": 64, "cls_small_input": False,
+          "cls_epochs": 3, "cls_max_per_class": 80, "cls_time_budget_s": 12}
 _ALL_ABLATIONS = [{"attention": a, "bottom_up": True} for a in ("none", "ca", "sa", "sa_ca")] \
     + [{"attention": "ca_sa", "bottom_up": False},
        {"attention": "ca_sa", "bottom_up": True, "multiscale_mask_head": False}]
@@ -534,7 +535,8 @@ def slug(name: str) -> str:
 
 
 def ablation_name(variant: Mapping[str, Any]) -> str:
-    """Readable name of an R-Mask R-CNN variant (see :func:`~bloodlib.models.rmaskrcnn.variant_name`)."""
+    """Readable name of an R-Mask R-CNN variant
+    (:func:`~bloodlib.models.rmaskrcnn.variant_name`)."""
     from ..models.rmaskrcnn import variant_name
     v = {**MAIN_VARIANT, **dict(variant)}
     return variant_name(v["attention"], v["bottom_up"], v["multiscale_mask_head"])
@@ -612,7 +614,8 @@ def cell_crops(coco: dict, knobs: Mapping[str, Any], seed: int = 0
     of each, from the native-resolution images of ``coco``."""
     from ..classical import connected_instances, fcm_segment
     from ..data.datasets import decode_segmentation
-    size, margin, cap = int(knobs["cls_size"]), float(knobs["cls_margin"]), knobs["cls_max_per_class"]
+    size, margin = int(knobs["cls_size"]), float(knobs["cls_margin"])
+    cap = knobs["cls_max_per_class"]
     pos, neg = [], []
     areas = [a["area"] for a in coco["annotations"]] or [100.0]
     lo, hi = 0.25 * float(np.percentile(areas, 5)), 2.0 * float(np.percentile(areas, 95))

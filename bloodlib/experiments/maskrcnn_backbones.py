@@ -266,14 +266,15 @@ def confusion_figure(results: Mapping[str, Mapping[str, Any]], title: str = ""):
 def examples_figure(gt: dict, results: Mapping[str, Mapping[str, Any]], n: int = 4,
                     threshold: float = 0.75, title: str = ""):
     """Paper 2 Appendix 3: the best detection (mask, box, class, score) of each backbone
-    on ``n`` test images; a row per backbone."""
+    on ``n`` test images, a row per backbone; a best detection scoring below
+    ``threshold`` is drawn too and its panel title says so."""
     from ..data.convert import rle_to_mask
     from ..viz import draw_detections
     plt = mc._plt()
     names = {c["id"]: c["name"] for c in gt["categories"]}
     step = max(1, len(gt["images"]) // max(1, n))
     idx = list(range(0, len(gt["images"]), step))[:n]
-    fig, axes = plt.subplots(len(results), len(idx), figsize=(2.6 * len(idx), 2.7 * len(results)),
+    fig, axes = plt.subplots(len(results), len(idx), figsize=(3.0 * len(idx), 2.8 * len(results)),
                              squeeze=False)
     for r, (b, res) in enumerate(results.items()):
         preds = res["test"].predictions
@@ -282,14 +283,16 @@ def examples_figure(gt: dict, results: Mapping[str, Mapping[str, Any]], n: int =
             im = gt["images"][i]
             mine = sorted([p for p in preds if p["image_id"] == im["id"]],
                           key=lambda p: -p["score"])[:1]
-            mine = [p for p in mine if p["score"] >= threshold]
+            title = f"true: {s['labels'][0] if s['labels'] else '?'}"
+            if mine and mine[0]["score"] < threshold:
+                title += f" (best {mine[0]['score']:.2f} < {threshold:g})"
             boxes = np.array([[p["bbox"][0], p["bbox"][1], p["bbox"][0] + p["bbox"][2],
                                p["bbox"][1] + p["bbox"][3]] for p in mine]).reshape(-1, 4)
             masks = np.stack([rle_to_mask(p["segmentation"]) for p in mine]).astype(bool) \
                 if mine and "segmentation" in mine[0] else None
             draw_detections(s["image"], boxes, [names[p["category_id"]] for p in mine],
                             [p["score"] for p in mine], masks=masks, ax=axes[r, c],
-                            title=f"true: {s['labels'][0] if s['labels'] else '?'}")
+                            title=title)
             if c == 0:
                 axes[r, c].text(-0.08, 0.5, BACKBONE_LABELS.get(b, b), rotation=90,
                                 transform=axes[r, c].transAxes, va="center", ha="right")

@@ -68,7 +68,8 @@ LIGHT_HEADS = {"fpn_channels": 128, "representation_size": 256, "mask_head_layer
 _COMMON = {"models": list(MODELS), "aspect_ratios": [0.5, 1.0, 2.0], "anchor_sizes": None,
            "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 10.0, "score_threshold": 0.5,
            "iou_threshold": 0.5, "num_workers": 0, "hflip": 0.5, "vflip": 0.5,
-           "txl_val_fraction": 0.1, "yolo_model": "yolov9t", "samples_per_grid": 3}
+           "txl_val_fraction": 0.1, "yolo_model": "yolov9t", "samples_per_grid": 3,
+           "store_model": False}
 register(EXPERIMENT, {
     # ~3 min on 2 cores: BCCD subset, MobileNetV3 backbone at 256 px, seconds per model
     "quick": {**_COMMON, "datasets": ["bccd"], "backbone": "mobilenet_v3_large",
@@ -82,19 +83,22 @@ register(EXPERIMENT, {
               "pbc": True, "pbc_models": list(MODELS), "pbc_per_class": {"train": 4, "test": 2},
               "pbc_min_size": 128, "pbc_iterations": 60, "pbc_time_budget_s": 6,
               "pbc_yolo_epochs": 2, "pbc_yolo_time_budget_s": 6, "synthetic_images": 24},
-    # the benchmark: each model 60 min on 2 CPU cores on the full BCCD train split
+    # the benchmark: each model 60 min on 2 CPU cores on the full BCCD train split (probe:
+    # ~1.5 s CPU per step of 2 images at 480x640 for Faster R-CNN / MCNet, single thread;
+    # YOLOv9t ~0.25 s CPU per training image): ~3200 steps (~30 epochs) / ~100 YOLO epochs
     "bench_cpu": {**_COMMON, "models": ["faster_rcnn", "mcnet", "yolov9"], "datasets": ["bccd"],
                   "backbone": "mobilenet_v3_large", "pretrained": "auto", "min_size": 480,
                   "max_size": 640, "heads": LIGHT_HEADS,
                   "preprocessing": {"clahe": True, "stain": None}, "batch_size": 2,
-                  "iterations": 6000, "lr": 0.02, "warmup_iters": 200, "lr_steps": [0.75, 0.92],
+                  "iterations": 3200, "lr": 0.01, "warmup_iters": 200, "lr_steps": [0.75, 0.92],
                   "stages": None, "time_budget_s": 3600, "eval_every_epochs": 8,
                   "max_train_images": None, "max_val_images": None, "max_test_images": None,
                   "yolo_imgsz": 480, "yolo_epochs": 300, "yolo_batch": 8,
                   "yolo_time_budget_s": 3600, "yolo_overrides": {"close_mosaic": 5},
                   "pbc": False, "pbc_models": [], "pbc_per_class": {"train": 0, "test": 0},
                   "pbc_min_size": 256, "pbc_iterations": 0, "pbc_time_budget_s": 0,
-                  "pbc_yolo_epochs": 0, "pbc_yolo_time_budget_s": 0, "synthetic_images": 100},
+                  "pbc_yolo_epochs": 0, "pbc_yolo_time_budget_s": 0, "synthetic_images": 100,
+                  "store_model": True},
     # the paper's protocol (GPU): ResNet50-FPN, staged schedule, YOLOv9 with its settings
     "full": {**_COMMON, "datasets": ["bccd", "txl_pbc"], "backbone": "resnet50",
              "pretrained": "auto", "min_size": 480, "max_size": 640, "heads": {},
@@ -109,7 +113,8 @@ register(EXPERIMENT, {
                                 "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "box": 7.5},
              "pbc": True, "pbc_models": list(MODELS), "pbc_per_class": None,
              "pbc_min_size": 363, "pbc_iterations": 40_000, "pbc_time_budget_s": None,
-             "pbc_yolo_epochs": 100, "pbc_yolo_time_budget_s": None, "synthetic_images": 200},
+             "pbc_yolo_epochs": 100, "pbc_yolo_time_budget_s": None, "synthetic_images": 200,
+             "store_model": True},
 })
 
 
@@ -568,6 +573,33 @@ def train_and_evaluate(name: str, splits: Mapping[str, dict], masked: Mapping[st
     ev = evaluate_model(model, data["test"], k, device)
     return Outcome(name, model, ev, tr.log, tr.seconds, tr.iterations, tr.images, tr.stop_reason,
                    bool(getattr(model, "backbone_pretrained", False)))
+
+
+def store_outcome(outcome: Outcome, train: dict, knobs: Mapping[str, Any], name: str,
+                  folder: Any = None) -> Path:
+    """Save a trained detector (torchvision or YOLO) into the model store as ``name`` with
+    its metadata (classes, input size, preprocessing, training data, test metrics), where
+    ``bloodlib predict``, the demo and ``bloodlib bench latency`` find it."""
+    from ..inference.store import _store, normalize_meta, save_model
+    m = outcome.evaluation.metrics()
+    metrics = {"test_mAP50": m.get("mAP50"), "test_mAP50_95": m.get("mAP50_95"),
+               "train_seconds": outcome.seconds}
+    if outcome.name != "yolov9":
+        meta = _meta(outcome.model, train, knobs, metrics=metrics)
+        return save_model(outcome.model, name, meta, folder=folder)
+    from ..yolo import save_yolo_checkpoint
+    info = train.get("info", {})
+    meta = normalize_meta({
+        "task": "detect", "architecture": "yolo", "classes": class_names(train),
+        "input_size": int(knobs["yolo_imgsz"]),
+        "preprocessing": {**(knobs.get("preprocessing") or {}), "normalize": "unit"},
+        "training_data": {"dataset": info.get("dataset", ""), "split": info.get("split", "train"),
+                          "images": len(train["images"])},
+        "metrics": {k: float(v) for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and math.isfinite(v)}})
+    return save_yolo_checkpoint(outcome.model, _store(folder) / f"{name}.pt", meta["classes"],
+                                meta, name=knobs.get("yolo_model", "yolov9t"),
+                                imgsz=int(knobs["yolo_imgsz"]))
 
 
 def split_counts(splits: Mapping[str, dict]) -> pd.DataFrame:

@@ -41,7 +41,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1),
+                                  nn.ReLU(inplace=True),
                                   nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,8 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(3, c, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.BatchNorm2d(4 * c), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.BatchNorm2d(4 * c),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(4 * c, 1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

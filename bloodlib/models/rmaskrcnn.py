@@ -134,7 +134,8 @@ class AttentionFPN(nn.Module):
         n = len(in_channels_list)
         self.attention, self.bottom_up, self.out_channels = attention, bool(bottom_up), out_channels
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels_list)
-        self.fpn_attention = nn.ModuleList(build_attention(attention, out_channels) for _ in range(n))
+        self.fpn_attention = nn.ModuleList(build_attention(attention, out_channels)
+                                           for _ in range(n))
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
                                     for _ in range(n))
         if self.bottom_up:

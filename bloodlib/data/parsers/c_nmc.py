@@ -88,7 +88,8 @@ def _prelim(root: Path) -> list[LabelledImage]:
     records = []
     for r in rows:
         if str(r["labels"]).strip() not in ("0", "1"):
-            raise AnnotationError(f"{csv_path}: label {r['labels']!r} of {r['new_names']} is not 0 or 1.")
+            raise AnnotationError(f"{csv_path}: label {r['labels']!r} of {r['new_names']} "
+                                  "is not 0 or 1.")
         path = folder / r["new_names"]
         if not path.is_file():
             raise DatasetNotFoundError(f"{path} is listed in {csv_path.name} but missing.")
