@@ -37,7 +37,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else PROJECT_ROOT / "outputs" / args.profile
     reference = Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR
-    path = run_latency_benchmark(args.profile, out, reference)
+    path = run_latency_benchmark(args.profile, out, reference, detector_name=args.detector,
+                                 classifier_name=args.classifier)
     print(f"latency result: {path} (published to {reference})")
     write_reference_board(reference)
     return 0
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", choices=PROFILE_NAMES, default="bench_cpu")
     bench.add_argument("--out")
     bench.add_argument("--reference-dir")
+    bench.add_argument("--detector", help="latency: stored detector to time (default: newest)")
+    bench.add_argument("--classifier", help="latency: stored WBC classifier (default: newest)")
     bench.set_defaults(func=_cmd_bench)
 
     fetch = sub.add_parser("fetch", help="download, verify and extract datasets")

@@ -94,3 +94,37 @@ def test_latency_benchmark_writes_a_valid_result(tmp_path):
     path = report.write(tmp_path / "results", "quick")
     (res,) = load_results(path)
     assert res["experiment"] == "latency" and res["metrics"]["throughput_images_per_s"] > 0
+
+
+def test_latency_command_uses_the_named_store_models(tmp_path, monkeypatch):
+    """`bloodlib bench latency --detector NAME --classifier NAME` times those two models
+    (not the newest ones) and records their names; an unknown name is a clear error."""
+    import torch
+    from bloodlib.engine.checkpoint import save_checkpoint
+    from bloodlib.errors import BloodlibError
+    from bloodlib.inference.benchmark import run_latency_benchmark
+    from bloodlib.inference.classification import classifier_meta
+    from bloodlib.inference.detection import detector_meta
+    from bloodlib.models.classifiers import build_classifier
+    from bloodlib.models.detection import build_detector
+    store = tmp_path / "store"
+    store.mkdir()
+    monkeypatch.setenv("BLOODLIB_MODELS", str(store))
+    torch.manual_seed(0)
+    det = build_detector("faster_rcnn", "mobilenet_v3_large", 4, min_size=64, max_size=80,
+                         fpn_channels=16, representation_size=32, box_detections_per_img=5)
+    save_checkpoint(store / "tiny-det.pt", det, detector_meta(det, ["WBC", "RBC", "Platelets"]))
+    kwargs = {"in_size": 32, "small_input": False, "dropout": 0.0, "width": 0.25}
+    cls = build_classifier("cnn", 5, **kwargs)
+    names = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    save_checkpoint(store / "tiny-cls.pt", cls,
+                    classifier_meta("cnn", names, 32, architecture_kwargs=kwargs))
+    with pytest.raises(BloodlibError):
+        run_latency_benchmark("quick", tmp_path / "out", detector_name="no-such-model",
+                              classifier_name="tiny-cls")
+    path = run_latency_benchmark("quick", tmp_path / "out", tmp_path / "ref",
+                                 detector_name="tiny-det", classifier_name="tiny-cls")
+    (res,) = load_results(path)
+    assert res["config"]["detector_model"] == "tiny-det"
+    assert res["config"]["classifier_model"] == "tiny-cls"
+    assert (tmp_path / "ref" / path.name).is_file()

@@ -162,12 +162,14 @@ def latency_benchmark(detector: Any, classifier: Any = None,
     return LatencyReport(metrics, per, info)
 
 
-def _store_predictor(task: str, budget: float) -> Any:
-    """The newest stored model of ``task`` (a quick one is trained when none exists);
-    None when the task cannot be served in this version."""
+def _store_predictor(task: str, budget: float, name: Optional[str] = None) -> Any:
+    """The stored model ``name`` of ``task``, else the newest one (a quick one is trained
+    when none exists); None when the task cannot be served in this version."""
     from ..errors import BloodlibError
     from .quick_models import train_quick_model
     from .store import default_model, load_predictor
+    if name:  # asked for by name: a missing or wrong model is an error, not a fallback
+        return load_predictor(name, task=task)
     try:
         name = default_model(task) or train_quick_model(task, time_budget_s=budget).stem
         return load_predictor(name, task=task)
@@ -177,16 +179,21 @@ def _store_predictor(task: str, budget: float) -> Any:
 
 
 def run_latency_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "outputs/bench_cpu",
-                          reference_dir: Optional[str | Path] = None, seed: int = 0) -> Path:
-    """``bloodlib bench latency``: measure with the store's newest detector (else the
-    segmenter as a stand-in) and classifier; write the results JSON into
-    ``out_dir/results`` and, with ``reference_dir``, publish it there too."""
+                          reference_dir: Optional[str | Path] = None, seed: int = 0,
+                          detector_name: Optional[str] = None,
+                          classifier_name: Optional[str] = None) -> Path:
+    """``bloodlib bench latency``: measure with the store's detector ``detector_name`` (default
+    the newest; else the segmenter as a stand-in) and classifier ``classifier_name`` (default
+    the newest); write the results JSON into ``out_dir/results`` and, with
+    ``reference_dir``, publish it there too."""
     from ..config import get_profile
     from ..notebooks import _invocation
+    from .store import default_model
     knobs = dict(get_profile(EXPERIMENT, profile))
     t0 = time.perf_counter()
-    detector = _store_predictor("detect", knobs["quick_train_budget_s"])
-    classifier = _store_predictor("classify", knobs["quick_train_budget_s"]) if detector else None
+    detector = _store_predictor("detect", knobs["quick_train_budget_s"], detector_name)
+    classifier = (_store_predictor("classify", knobs["quick_train_budget_s"], classifier_name)
+                  if detector else None)
     main = detector or _store_predictor("segment", knobs["quick_train_budget_s"])
     if main is None:
         from ..errors import BloodlibError
@@ -197,6 +204,10 @@ def run_latency_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "out
                                nms_threshold=knobs["nms_threshold"], warmup=int(knobs["warmup"]))
     report.info.update(dataset=dataset, wall_time_s=time.perf_counter() - t0,
                        model=getattr(main, "meta", {}).get("architecture", main.task),
+                       detector_model=detector_name or (default_model("detect") if detector
+                                                        else None),
+                       classifier_model=classifier_name or (default_model("classify")
+                                                            if classifier else None),
                        notes=("detection + WBC classification" if detector and classifier else
                               f"stand-in: {main.task} model (no detector in the store)"))
     path = report.write(Path(out_dir) / "results", profile, seed, knobs)
