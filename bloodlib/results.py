@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
-from .errors import BloodlibError
+from .errors import ReferenceTableError, ResultsError
 from .runtime import package_versions, total_memory_gb
 
 SCHEMA_VERSION = 1
@@ -41,15 +41,6 @@ METRIC_ALIASES = {"AP": "mAP50_95", "AP50": "mAP50", "AR": "mAR", "f1": "F1", "i
                   "miou": "mIoU", "acc": "accuracy", "pa": "pixel_accuracy"}
 
 
-class ResultsError(BloodlibError, ValueError):
-    """A result is malformed, or a results file has an unsupported schema."""
-
-
-class ReferenceTableError(BloodlibError, KeyError):
-    """An unknown paper, table, row or metric was asked of the reference tables."""
-
-    def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------- results JSON

@@ -15,7 +15,7 @@ from bloodlib.data.records import LabelledImage
 from bloodlib.data.synthetic import (CROP_TYPES, SMEAR_CLASSES, make_cell_crop, make_smear,
                                      write_classification_set, write_detection_set)
 from bloodlib.errors import AnnotationError, UnknownClassError
-from bloodlib.transforms.preprocess import ImageFormatError
+from bloodlib.transforms.preprocess import InvalidImageError
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,7 +71,7 @@ def test_bad_box_input_raises(smears):
         al.mask_in_box(img, (10, 10, 50, 50), "macrophage")
     with pytest.raises(ValueError, match="method"):
         al.mask_in_box(img, (10, 10, 50, 50), method="snake")
-    with pytest.raises(ImageFormatError):
+    with pytest.raises(InvalidImageError):
         al.mask_in_box(img.astype(np.float32), (10, 10, 50, 50))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from bloodlib.data.synthetic import make_smear
 from bloodlib.errors import BloodlibError
-from bloodlib.transforms.preprocess import (DEFAULT_TARGET, ImageFormatError, StainError,
+from bloodlib.transforms.preprocess import (DEFAULT_TARGET, InvalidImageError, StainError,
                                             StainTarget, build_preprocessing, clahe,
                                             fit_stain_target, macenko_normalize, macenko_stains,
                                             reinhard_normalize, stain_concentrations)
@@ -142,7 +142,7 @@ BAD_IMAGES = {
 @pytest.mark.parametrize("fn", [clahe, reinhard_normalize, macenko_normalize,
                                 build_preprocessing(clahe=True, stain="macenko")])
 def test_bad_input_raises_a_clear_error(name, fn):
-    with pytest.raises(ImageFormatError) as info:
+    with pytest.raises(InvalidImageError) as info:
         fn(BAD_IMAGES[name])
     assert isinstance(info.value, BloodlibError) and isinstance(info.value, ValueError)
     assert "RGB" in str(info.value) or "empty" in str(info.value) or "numpy" in str(info.value)

@@ -45,7 +45,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
 from skimage.segmentation import watershed
 
-from ..errors import AnnotationError, MaskError, UnknownClassError
+from ..errors import AnnotationError, AutolabelError, UnknownClassError
 from ..transforms.preprocess import (background_intensity, check_rgb_uint8, optical_density,
                                      stain_concentrations)
 
@@ -69,10 +69,6 @@ STAINED_OD = 0.058  # mean OD above which a pixel counts as stained (threshold m
 _KINDS = {"wbc": "wbc", "rbc": "rbc", "platelets": "platelet", "platelet": "platelet",
           "basophil": "wbc", "eosinophil": "wbc", "erythroblast": "wbc", "ig": "wbc",
           "lymphocyte": "wbc", "monocyte": "wbc", "neutrophil": "wbc"}
-
-
-class AutolabelError(MaskError):
-    """Classical segmentation found no plausible cell (listed by the batch functions)."""
 
 
 @dataclass

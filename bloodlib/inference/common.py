@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
-from ..errors import BloodlibError
+from ..errors import BloodlibError, InvalidImageError
 
 TASKS = ("detect", "classify", "segment")
 MIN_SIDE = 8                   # pixels; smaller inputs cannot hold a cell
@@ -19,10 +19,6 @@ MAX_PIXELS = 64_000_000        # 64 MP; whole-slide tiles must be cut first
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_PREPROCESSING = {"clahe": False, "stain": None, "normalize": "unit"}
-
-
-class InvalidImageError(BloodlibError, ValueError):
-    """An in-memory image is not an RGB uint8 array of a usable size."""
 
 
 def check_image(image: Any, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:

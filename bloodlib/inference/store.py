@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional, Union
 import pandas as pd
 import torch
 
-from ..errors import BloodlibError, WeightsNotFoundError
+from ..errors import BloodlibError, ModelFormatError, ModelNotFoundError
 from .common import DEFAULT_PREPROCESSING, TASKS
 
 PathLike = Union[str, os.PathLike]
@@ -43,14 +43,6 @@ PREDICTORS: dict[str, tuple[str, str]] = {
     "segment": ("bloodlib.inference.segmentation", "SegmenterPredictor"),
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class ModelNotFoundError(WeightsNotFoundError):
-    """No model of that name or path in the store."""
-
-
-class ModelFormatError(BloodlibError, ValueError):
-    """A file is not a bloodlib model checkpoint, or its metadata is incomplete."""
 
 
 def models_dir() -> Path:

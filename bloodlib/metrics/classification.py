@@ -115,7 +115,7 @@ def classification_report(y_true: Sequence[Any], y_pred: Optional[Sequence[Any]]
     labels = list(range(k))
     cm = skm.confusion_matrix(yt, yp, labels=labels)
     p, r, f, s = skm.precision_recall_fscore_support(yt, yp, labels=labels, zero_division=0)
-    fp, tp = cm.sum(axis=0) - np.diag(cm), np.diag(cm)
+    fp = cm.sum(axis=0) - np.diag(cm)
     tn = cm.sum() - cm.sum(axis=1) - fp
     spec = np.divide(tn, tn + fp, out=np.zeros(k), where=(tn + fp) > 0)
     per = {"precision": p, "recall": r, "f1": f, "specificity": spec}

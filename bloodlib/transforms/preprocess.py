@@ -16,7 +16,7 @@ masks and boxes, and enhances contrast; both are ablated on and off in notebook 
 * :func:`build_preprocessing` - a picklable ``callable(image) -> image`` for Datasets.
 
 Every function takes and returns an RGB ``uint8`` array (H, W, 3); anything else
-(grayscale, RGBA, float, empty) raises :class:`ImageFormatError`. An image without
+(grayscale, RGBA, float, empty) raises :class:`InvalidImageError`. An image without
 stain (blank, all white, uniform) raises :class:`StainError` from the stain
 normalisers unless ``on_unstained="return"``, which hands the input back unchanged;
 no function ever returns NaNs. CLAHE of a uniform image is that same uniform image.
@@ -34,20 +34,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from ..errors import BloodlibError
+from ..errors import BloodlibError, InvalidImageError, StainError
 
-__all__ = ["ImageFormatError", "StainError", "StainTarget", "DEFAULT_TARGET", "check_rgb_uint8",
+__all__ = ["InvalidImageError", "StainError", "StainTarget", "DEFAULT_TARGET", "check_rgb_uint8",
            "clahe", "reinhard_normalize", "macenko_normalize", "macenko_stains",
            "background_intensity", "optical_density", "stain_concentrations",
            "fit_stain_target", "build_preprocessing", "Preprocessing", "STAIN_METHODS"]
-
-
-class ImageFormatError(BloodlibError, ValueError):
-    """An image array is not RGB uint8 (H, W, 3), or is empty."""
-
-
-class StainError(BloodlibError, ValueError):
-    """An image holds too little stain to estimate or normalise it (blank, all white)."""
 
 
 MACENKO_BETA = 0.15  # OD threshold: pixels whose mean OD (norm / sqrt 3) is below it are unstained
@@ -61,23 +53,23 @@ _LAB_STD_FLOOR = 1.0  # LAB units: caps Reinhard's amplification of near-constan
 # ---------------------------------------------------------------- validation
 def check_rgb_uint8(image: Any, what: str = "image") -> np.ndarray:
     """Return ``image`` as a C-contiguous RGB uint8 (H, W, 3) array or raise
-    :class:`ImageFormatError` saying what is wrong and how to convert it."""
+    :class:`InvalidImageError` saying what is wrong and how to convert it."""
     if not isinstance(image, np.ndarray):
-        raise ImageFormatError(f"{what} must be a numpy array, got {type(image).__name__}; "
+        raise InvalidImageError(f"{what} must be a numpy array, got {type(image).__name__}; "
                                "read files with bloodlib.io.read_image.")
     if image.size == 0:
-        raise ImageFormatError(f"{what} is empty (shape {image.shape}).")
+        raise InvalidImageError(f"{what} is empty (shape {image.shape}).")
     if image.dtype != np.uint8:
-        raise ImageFormatError(f"{what} has dtype {image.dtype}; expected uint8 RGB. Convert floats "
+        raise InvalidImageError(f"{what} has dtype {image.dtype}; expected uint8 RGB. Convert floats "
                                "in [0, 1] with (img * 255).round().astype(np.uint8).")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        raise ImageFormatError(f"{what} is grayscale (shape {image.shape}); expected RGB (H, W, 3). "
+        raise InvalidImageError(f"{what} is grayscale (shape {image.shape}); expected RGB (H, W, 3). "
                                "Use np.repeat(img[..., None], 3, axis=2) or bloodlib.io.read_image.")
     if image.ndim == 3 and image.shape[2] == 4:
-        raise ImageFormatError(f"{what} is RGBA (shape {image.shape}); expected RGB (H, W, 3). "
+        raise InvalidImageError(f"{what} is RGBA (shape {image.shape}); expected RGB (H, W, 3). "
                                "Composite it over white (bloodlib.io.read_image does this).")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ImageFormatError(f"{what} has shape {image.shape}; expected RGB (H, W, 3).")
+        raise InvalidImageError(f"{what} has shape {image.shape}; expected RGB (H, W, 3).")
     return np.ascontiguousarray(image)
 
 
