@@ -1,4 +1,6 @@
-"""Test-time augmentation for dense prediction: average the softmax over flips/rotations.
+"""Test-time augmentation: average the softmax over flips/rotations, for dense prediction
+(:func:`tta_probabilities`, each prediction mapped back) and for classification (the
+views only, ``bloodlib.inference.classification.tta_views``).
 
 Every transform used here is its own exact inverse on the pixel grid (flips, 90-degree
 rotations of square inputs), so predictions are mapped back without interpolation.
@@ -23,11 +25,14 @@ def _flip(dims: tuple[int, ...]) -> Transform:
 
 
 def tta_transforms(kind: Optional[str]) -> list[Transform]:
-    """``None`` (identity only), ``"flips"`` (identity, h-flip, v-flip, both) or
-    ``"dihedral"`` (the 8 symmetries of the square; needs square inputs)."""
+    """``(forward, inverse)`` pairs: ``None``/``"none"`` (identity only), ``"flip"``
+    (identity, h-flip), ``"flips"`` (identity, h-flip, v-flip, both) or ``"dihedral"``
+    (the 8 symmetries of the square; needs square inputs for dense prediction)."""
     ident = (lambda t: t, lambda t: t)
     if kind in (None, "none"):
         return [ident]
+    if kind == "flip":
+        return [ident, _flip((-1,))]
     flips = [ident, _flip((-1,)), _flip((-2,)), _flip((-2, -1))]
     if kind == "flips":
         return flips
@@ -37,7 +42,8 @@ def tta_transforms(kind: Optional[str]) -> list[Transform]:
                          lambda t: torch.rot90(t.flip(-1), -1, (-2, -1))),
                         (lambda t: torch.rot90(t, 1, (-2, -1)).flip(-2),
                          lambda t: torch.rot90(t.flip(-2), -1, (-2, -1)))]
-    raise ValueError(f"Unknown test-time augmentation {kind!r}; use None, 'flips' or 'dihedral'.")
+    raise ValueError(f"Unknown test-time augmentation {kind!r}; use None, 'flip', 'flips' or "
+                     "'dihedral'.")
 
 
 @torch.no_grad()

@@ -79,12 +79,8 @@ def tta_views(x: torch.Tensor, mode: str = "none") -> list[torch.Tensor]:
     """The test-time views of a batch ``(N, C, H, W)`` for ``mode`` in :data:`TTA_MODES`."""
     if mode not in TTA_MODES:
         raise ValueError(f"Unknown TTA mode {mode!r}; choose one of {TTA_MODES}.")
-    if mode == "none":
-        return [x]
-    if mode == "flip":
-        return [x, x.flip(-1)]
-    rots = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
-    return rots + [r.flip(-1) for r in rots]
+    from ..engine.tta import tta_transforms
+    return [forward(x) for forward, _ in tta_transforms(mode)]
 
 
 @torch.no_grad()
