@@ -254,6 +254,32 @@ def results_frame(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=_FRAME_COLUMNS)
 
 
+def reference_table(experiment: str, metrics: Iterable[str],
+                    reference_dir: Optional[Union[str, os.PathLike]] = None) -> pd.DataFrame:
+    """The committed ``bench_cpu``/``full`` results of ``experiment`` (default folder
+    ``results/reference``): one row per profile, dataset and model with ``metrics`` (those
+    present), training minutes and peak memory; empty when nothing has been benchmarked."""
+    if reference_dir is None:
+        from .notebooks import REFERENCE_DIR
+        reference_dir = REFERENCE_DIR
+    folder = Path(reference_dir)
+    keys, rows = list(metrics), []
+    for r in (load_results(folder) if folder.is_dir() else []):
+        if r["experiment"] != experiment or r["profile"] == "quick":
+            continue
+        m, extra = r["metrics"], r.get("extra", {})
+        seconds = extra.get("train_seconds", m.get("train_seconds"))
+        rows.append({"profile": r["profile"], "dataset": r["dataset"], "model": r.get("model"),
+                     **{k: m[k] for k in keys if k in m},
+                     "train_min": round(seconds / 60, 1) if seconds is not None else None,
+                     "peak_rss_mb": (r.get("peak_memory_mb") or {}).get("cpu_rss")})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows).set_index(["profile", "dataset", "model"]).sort_index()
+    order = [c for c in (*keys, "train_min", "peak_rss_mb") if c in df]
+    return df[order].dropna(axis=1, how="all").round(4)
+
+
 # --------------------------------------------------------------------------- summaries
 
 def _summary_tables(results: Iterable[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:

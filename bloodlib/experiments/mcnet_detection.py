@@ -605,6 +605,15 @@ def store_outcome(outcome: Outcome, train: dict, knobs: Mapping[str, Any], name:
                                 imgsz=int(knobs["yolo_imgsz"]))
 
 
+def reference_table(reference_dir: Any = None) -> pd.DataFrame:
+    """The committed ``bench_cpu``/``full`` results of this experiment (``results/reference``):
+    box mAP50, mAP50-95, per-class AP50, precision/recall, speed, minutes, peak memory."""
+    from ..results import reference_table as table
+    return table(EXPERIMENT, ("mAP50", "mAP50_95", "AP50/WBC", "AP50/RBC", "AP50/Platelets",
+                              "segm_mAP50", "precision", "recall", "train_images_per_s",
+                              "inference_images_per_s"), reference_dir)
+
+
 def split_counts(splits: Mapping[str, dict]) -> pd.DataFrame:
     """Images and boxes per class for each split (columns)."""
     rows = {}

@@ -616,22 +616,6 @@ def reference_table(reference_dir: Any = None, experiment: str = EXPERIMENT) -> 
     """The committed ``bench_cpu``/``full`` results of ``experiment`` (``results/reference``):
     one row per dataset and model with the headline metrics, training minutes and peak
     memory; empty when nothing has been benchmarked."""
-    from ..notebooks import REFERENCE_DIR
-    from ..results import load_results
-    folder = Path(reference_dir or REFERENCE_DIR)
-    keys = ("nucleus_dice", "dice", "mIoU", "precision", "recall", "accuracy")
-    rows = []
-    for r in (load_results(folder) if folder.is_dir() else []):
-        if r["experiment"] != experiment or r["profile"] == "quick":
-            continue
-        m, extra = r["metrics"], r.get("extra", {})
-        rows.append({"profile": r["profile"], "dataset": r["dataset"], "model": r.get("model"),
-                     **{k: m[k] for k in keys if k in m},
-                     "train_min": round(extra["train_seconds"] / 60, 1)
-                     if "train_seconds" in extra else None,
-                     "peak_rss_mb": r.get("peak_memory_mb", {}).get("cpu_rss")})
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows).set_index(["profile", "dataset", "model"]).sort_index()
-    order = [c for c in (*keys, "train_min", "peak_rss_mb") if c in df]
-    return df[order].dropna(axis=1, how="all").round(4)
+    from ..results import reference_table as table
+    return table(experiment, ("nucleus_dice", "dice", "mIoU", "precision", "recall",
+                              "accuracy"), reference_dir)
