@@ -699,6 +699,15 @@ def predict_dcnn(model: nn.Module, crops: Sequence[np.ndarray], device: Any = "c
 
 
 # ============================================================================ tables
+def reference_table(reference_dir: Any = None) -> pd.DataFrame:
+    """The committed ``bench_cpu``/``full`` results of this experiment (``results/reference``):
+    cell IoU, pixel accuracy, RMSE, matched-cell IoU and recall, COCO segm AP, minutes,
+    peak memory."""
+    from ..results import reference_table as table
+    return table(EXPERIMENT, ("IoU", "pixel_accuracy", "rmse", "cell_iou", "cell_recall",
+                              "segm_AP", "segm_AP50", "train_steps"), reference_dir)
+
+
 def table1(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """Paper 3's Table I beside ours: one row per model and metric (percent). ``results``
     maps ``fcm`` / ``maskrcnn`` / ``unet`` / ``rmaskrcnn`` to our metrics (fractions)."""
