@@ -9,6 +9,8 @@ from bloodlib.errors import AnnotationError
 from bloodlib.metrics.detection import (
     coco_evaluate,
     detection_confusion_matrix,
+    detection_roc,
+    greedy_matches,
     precision_recall_f1,
     torchvision_to_coco_results,
 )
@@ -127,6 +129,23 @@ def test_precision_recall_f1_by_hand():
     assert r["macro_precision"] == pytest.approx(0.25)  # over rbc, wbc (platelet has no gt)
     # lower threshold: the wbc box at 0.3 becomes a TP
     assert precision_recall_f1(gt, preds, score_threshold=0.2)["per_class"]["wbc"]["tp"] == 1
+
+
+def test_greedy_matches_take_the_best_score_first_and_match_each_box_once():
+    gt, preds = three_box_case()
+    [(gts, kept, hit, used)] = list(greedy_matches(gt, preds, score_threshold=0.5))
+    assert [p["score"] for p in kept] == [0.9, 0.8, 0.7]   # 0.3 is below the threshold
+    assert hit.tolist() == [True, False, False]           # duplicate and wrong class miss
+    assert used.tolist() == [True, False, False]
+
+
+def test_detection_roc_uses_every_score_and_the_same_matching():
+    gt, preds = three_box_case()
+    curves = detection_roc(gt, preds)
+    # rbc: a TP at 0.9 and a duplicate FP at 0.8 -> perfectly ranked; wbc: a FP at 0.7 and,
+    # with no score threshold, a TP at 0.3 -> ranked the wrong way round
+    assert curves["rbc"][2] == pytest.approx(1.0) and curves["wbc"][2] == pytest.approx(0.0)
+    assert "platelet" not in curves
 
 
 def test_detection_confusion_matrix_by_hand():

@@ -37,13 +37,12 @@ Choices made here (the paper does not say, or cannot be followed on a CPU):
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,6 +50,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import register
+from ..metrics.detection import detection_roc  # noqa: F401  (notebook 01 calls mc.detection_roc)
 
 EXPERIMENT = "mcnet"
 PAPER = "paper1"
@@ -490,37 +490,6 @@ def mask_iou_calibration(gt: dict, predictions: Sequence[dict], score_threshold:
         iou = np.asarray(mask_utils.iou([seg], rles, [0] * len(rles))).max()
         rows.append({"predicted_iou": p["mask_iou"], "actual_iou": float(iou), "score": p["score"]})
     return pd.DataFrame(rows, columns=["predicted_iou", "actual_iou", "score"])
-
-
-def detection_roc(gt: dict, predictions: Sequence[dict], iou_threshold: float = 0.5
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """Per-class ROC of the detection scores (paper 1 Figure 16): each detection is a
-    true positive when it matches an unmatched ground-truth box of its class (IoU >=
-    ``iou_threshold``, best score first) and a false positive otherwise; the ROC curve
-    ranks them by score. Classes without both kinds are left out."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-    from ..metrics.detection import _box_iou, _by_image
-    names = {c["id"]: c["name"] for c in gt["categories"]}
-    y: dict[int, list[int]] = {c: [] for c in names}
-    s: dict[int, list[float]] = {c: [] for c in names}
-    for gts, preds in _by_image(gt, predictions, 0.0).values():
-        iou = _box_iou(preds, gts)
-        used = np.zeros(len(gts), bool)
-        for i, p in enumerate(preds):
-            ok = np.array([g["category_id"] == p["category_id"] for g in gts], bool) & ~used
-            cand = np.where(ok, iou[i], -1.0) if gts else np.zeros(0)
-            j = int(np.argmax(cand)) if cand.size else -1
-            hit = j >= 0 and cand[j] >= iou_threshold
-            if hit:
-                used[j] = True
-            y[p["category_id"]].append(int(hit))
-            s[p["category_id"]].append(float(p["score"]))
-    out = {}
-    for c, name in names.items():
-        if len(set(y[c])) == 2:
-            fpr, tpr, _ = roc_curve(y[c], s[c])
-            out[name] = (fpr, tpr, float(roc_auc_score(y[c], s[c])))
-    return out
 
 
 @dataclass

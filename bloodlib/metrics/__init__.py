@@ -5,6 +5,8 @@ from bloodlib.metrics.detection import (
     DetectionReport,
     coco_evaluate,
     detection_confusion_matrix,
+    detection_roc,
+    greedy_matches,
     precision_recall_f1,
     torchvision_to_coco_results,
 )
@@ -16,6 +18,8 @@ __all__ = [
     "DetectionReport",
     "coco_evaluate",
     "detection_confusion_matrix",
+    "detection_roc",
+    "greedy_matches",
     "precision_recall_f1",
     "torchvision_to_coco_results",
     "SegmentationMeter",

@@ -19,7 +19,7 @@ import contextlib
 import copy
 import io
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -214,30 +214,41 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
             "tp": tp, "fp": fp, "fn": fn, "support": tp + fn}
 
 
-def precision_recall_f1(gt: dict, predictions: Sequence[dict], score_threshold: float = 0.5,
-                        iou_threshold: float = 0.5) -> dict[str, Any]:
-    """Precision, recall and F1 at one score and IoU threshold.
-
-    Per image, predictions with ``score >= score_threshold`` are taken best score first;
-    each matches the unmatched ground-truth box of the same class with the highest IoU
-    (``>= iou_threshold``) and is a TP, otherwise a FP; unmatched boxes are FN.
-    Returns pooled (micro) ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``;
-    ``macro_precision/recall/f1`` averaged over classes with ground truth; and
-    ``per_class[name]`` with the same keys plus ``support``. 0/0 counts as 0.
-    """
-    counts = {c["id"]: [0, 0, 0] for c in gt["categories"]}  # tp, fp, fn
+def greedy_matches(gt: dict, predictions: Sequence[dict], score_threshold: float = 0.5,
+                   iou_threshold: float = 0.5
+                   ) -> Iterator[tuple[list[dict], list[dict], np.ndarray, np.ndarray]]:
+    """Per image, ``(gts, preds, hit, used)``: predictions with ``score >= score_threshold``
+    taken best score first, each matching the unmatched ground-truth box of its class with
+    the highest IoU (``>= iou_threshold``). ``hit[i]`` says prediction ``i`` is a true
+    positive, ``used[j]`` that ground-truth box ``j`` was matched."""
     for gts, preds in _by_image(gt, predictions, score_threshold).values():
         iou = _box_iou(preds, gts)
         used = np.zeros(len(gts), bool)
+        hit = np.zeros(len(preds), bool)
         for i, p in enumerate(preds):
             ok = np.array([g["category_id"] == p["category_id"] for g in gts], bool) & ~used
             cand = np.where(ok, iou[i], -1.0) if gts else np.zeros(0)
             j = int(np.argmax(cand)) if cand.size else -1
             if j >= 0 and cand[j] >= iou_threshold:
-                used[j] = True
-                counts[p["category_id"]][0] += 1
-            else:
-                counts[p["category_id"]][1] += 1
+                used[j] = hit[i] = True
+        yield gts, preds, hit, used
+
+
+def precision_recall_f1(gt: dict, predictions: Sequence[dict], score_threshold: float = 0.5,
+                        iou_threshold: float = 0.5) -> dict[str, Any]:
+    """Precision, recall and F1 at one score and IoU threshold.
+
+    Matching as in :func:`greedy_matches`: a matched prediction is a TP, an unmatched one
+    a FP; unmatched boxes are FN.
+    Returns pooled (micro) ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``;
+    ``macro_precision/recall/f1`` averaged over classes with ground truth; and
+    ``per_class[name]`` with the same keys plus ``support``. 0/0 counts as 0.
+    """
+    counts = {c["id"]: [0, 0, 0] for c in gt["categories"]}  # tp, fp, fn
+    for gts, preds, hit, used in greedy_matches(gt, predictions, score_threshold,
+                                                iou_threshold):
+        for p, h in zip(preds, hit):
+            counts[p["category_id"]][0 if h else 1] += 1
         for g, u in zip(gts, used):
             counts[g["category_id"]][2] += int(not u)
     names = {c["id"]: c["name"] for c in gt["categories"]}
@@ -248,6 +259,28 @@ def precision_recall_f1(gt: dict, predictions: Sequence[dict], score_threshold: 
     for k in ("precision", "recall", "f1"):
         out[f"macro_{k}"] = float(np.mean([v[k] for v in with_gt])) if with_gt else 0.0
     out["per_class"] = per_class
+    return out
+
+
+def detection_roc(gt: dict, predictions: Sequence[dict], iou_threshold: float = 0.5
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per-class ROC of the detection scores (paper 1 Figure 16): ``{class name: (fpr,
+    tpr, auc)}``. Every detection (any score) is a true positive when
+    :func:`greedy_matches` matches it and a false positive otherwise; the curve ranks them
+    by score. Classes without both kinds are left out."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    y: dict[int, list[int]] = {c: [] for c in names}
+    s: dict[int, list[float]] = {c: [] for c in names}
+    for _, preds, hit, _ in greedy_matches(gt, predictions, 0.0, iou_threshold):
+        for p, h in zip(preds, hit):
+            y[p["category_id"]].append(int(h))
+            s[p["category_id"]].append(float(p["score"]))
+    out = {}
+    for c, name in names.items():
+        if len(set(y[c])) == 2:
+            fpr, tpr, _ = roc_curve(y[c], s[c])
+            out[name] = (fpr, tpr, float(roc_auc_score(y[c], s[c])))
     return out
 
 
