@@ -28,6 +28,17 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    """A model store in ``tmp_path`` (BLOODLIB_MODELS points at it) holding ``tiny-seg``."""
+    from stub_predictors import store_tiny_segmenter
+
+    folder = tmp_path / "models"
+    monkeypatch.setenv("BLOODLIB_MODELS", str(folder))
+    store_tiny_segmenter(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """Fail any test that opens a non-loopback socket."""

@@ -8,15 +8,7 @@ from PIL import Image
 
 from bloodlib.cli import main
 from bloodlib.predict_cli import collect_inputs, predict_files
-from stub_predictors import StubClassifier, StubDetector, png_bytes, smear, store_tiny_segmenter
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("BLOODLIB_MODELS", str(folder))
-    store_tiny_segmenter(folder)
-    return folder
+from stub_predictors import StubClassifier, StubDetector, png_bytes, smear
 
 
 @pytest.fixture

@@ -15,14 +15,6 @@ from bloodlib.widgets import NO_CLASSIFIER, PredictionDemo, decode_image
 from stub_predictors import StubClassifier, StubDetector, png_bytes, smear, store_tiny_segmenter
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("BLOODLIB_MODELS", str(folder))
-    store_tiny_segmenter(folder)
-    return folder
-
-
 def test_segmentation_run_outputs_and_export(store, tmp_path):
     demo = PredictionDemo(export_dir=tmp_path / "exports", auto_run=False)
     assert demo.task.value == "segment" and demo.model.value == "tiny-seg"

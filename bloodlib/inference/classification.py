@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from .common import DEFAULT_PREPROCESSING, check_image, preprocess_from_meta
+from .common import DEFAULT_PREPROCESSING, Predictor
 
 __all__ = ["ClassifierPredictor", "ClassificationResult", "classifier_meta", "prepare_crop",
            "images_to_tensor", "predict_proba", "tta_views", "TTA_MODES"]
@@ -125,15 +125,14 @@ def classifier_meta(architecture: str, classes: Sequence[str], input_size: int, 
 
 
 # ----------------------------------------------------------------------------- predictor
-class ClassifierPredictor:
+class ClassifierPredictor(Predictor):
     """One class per RGB uint8 single-cell image, with the probability of every class."""
 
     task = "classify"
 
     def __init__(self, model: torch.nn.Module, meta: Mapping[str, Any],
                  device: Any = "cpu") -> None:
-        self.meta = dict(meta)
-        self.classes = [str(c) for c in self.meta["classes"]]
+        super().__init__(model, meta, device)
         size = self.meta.get("input_size") or 64
         self.input_size = int(size[0] if isinstance(size, (list, tuple)) else size)
         pre = dict(self.meta.get("preprocessing") or {})
@@ -142,32 +141,21 @@ class ClassifierPredictor:
                              f"preprocessing must say normalize='unit', not {pre['normalize']!r}.")
         self.crop_fraction = float(pre.get("crop_fraction", 1.0))
         self.tta = str(self.meta.get("tta", "none"))
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self._pre = preprocess_from_meta(self.meta)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "ClassifierPredictor":
         """Rebuild ``meta["architecture"]`` with ``build_classifier`` and load the weights."""
         from ..models.classifiers import build_classifier
-        from .store import ModelFormatError, normalize_meta, read_checkpoint
-        ckpt = read_checkpoint(path)
-        meta = normalize_meta(dict(ckpt.get("meta") or {}))
-        if meta["task"] != "classify":
-            raise ModelFormatError(f"{path} is a {meta['task']!r} model, not a classifier.")
+        from .store import read_task_checkpoint, rebuild_model
+        ckpt, meta = read_task_checkpoint(path, "classify", "a classifier")
         kwargs = dict(meta.get("architecture_kwargs") or {})
-        try:
-            model = build_classifier(meta["architecture"], len(meta["classes"]), **kwargs)
-            model.load_state_dict(ckpt["model_state"])
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise ModelFormatError(f"{path}: cannot rebuild {meta['architecture']!r} with "
-                                   f"{kwargs}: {str(exc).splitlines()[0]}") from None
+        model = rebuild_model(
+            path, lambda: build_classifier(meta["architecture"], len(meta["classes"]), **kwargs),
+            ckpt["model_state"], f"{meta['architecture']!r} with {kwargs}")
         return cls(model, meta, device)
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        image = check_image(image)
-        if self._pre is not None:
-            image = self._pre(image)
+        image = self._preprocess(image)
         return prepare_crop(image, self.input_size, self.crop_fraction)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[ClassificationResult]:

@@ -92,6 +92,27 @@ def preprocess_from_meta(meta: Mapping[str, Any]) -> Optional[Callable[[np.ndarr
     return build_preprocess(bool(pre.get("clahe")), pre.get("stain"))
 
 
+class Predictor:
+    """What every predictor holds: its contract ``meta``, the ``classes``, the ``device``,
+    the ``model`` (moved there and put in eval mode unless ``move=False``) and the
+    preprocessing it was trained with."""
+
+    task = ""
+
+    def __init__(self, model: Any, meta: Mapping[str, Any], device: Any = "cpu",
+                 move: bool = True) -> None:
+        self.meta = dict(meta)
+        self.classes = [str(c) for c in self.meta["classes"]]
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval() if move else model
+        self._pre = preprocess_from_meta(self.meta)
+
+    def _preprocess(self, image: np.ndarray) -> np.ndarray:
+        """``image`` checked, then CLAHE / stain-normalised as in training."""
+        image = check_image(image)
+        return self._pre(image) if self._pre is not None else image
+
+
 def to_tensor(image: np.ndarray, normalize: str = "unit") -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float tensor (1, 3, H, W): ``unit`` = [0, 1], ``imagenet`` =
     [0, 1] then standardised with the ImageNet mean and std."""

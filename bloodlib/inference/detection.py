@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .common import DEFAULT_PREPROCESSING, check_image, preprocess_from_meta
+from .common import DEFAULT_PREPROCESSING, Predictor
 
 __all__ = ["DetectionResult", "DetectorPredictor", "detector_meta", "DETECTOR_ARCHITECTURE"]
 
@@ -81,31 +81,22 @@ def _class_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     return batched_nms(boxes.float(), scores.float(), labels, float(iou))
 
 
-class DetectorPredictor:
+class DetectorPredictor(Predictor):
     """Cells in RGB uint8 smear images, with a torchvision detector or a YOLO model."""
 
     task = "detect"
 
     def __init__(self, model: Any, meta: Mapping[str, Any], device: Any = "cpu") -> None:
-        self.meta = dict(meta)
-        self.classes = [str(c) for c in self.meta["classes"]]
-        self.architecture = self.meta.get("architecture", DETECTOR_ARCHITECTURE)
-        self.device = torch.device(device)
+        architecture = dict(meta).get("architecture", DETECTOR_ARCHITECTURE)
+        super().__init__(model, meta, device, move=architecture != "yolo")
+        self.architecture = architecture
         self.input_size = self.meta.get("input_size")
-        self._pre = preprocess_from_meta(self.meta)
-        if self.architecture == "yolo":
-            self.model = model
-        else:
-            self.model = model.to(self.device).eval()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "DetectorPredictor":
         """Rebuild the detector named in the checkpoint's metadata and load its weights."""
-        from .store import ModelFormatError, normalize_meta, read_checkpoint
-        ckpt = read_checkpoint(path)
-        meta = normalize_meta(ckpt.get("meta") or {})
-        if meta["task"] != "detect":
-            raise ModelFormatError(f"{path} is a {meta['task']!r} model, not a detector.")
+        from .store import ModelFormatError, read_task_checkpoint, rebuild_model
+        ckpt, meta = read_task_checkpoint(path, "detect", "a detector")
         if meta["architecture"] == "yolo":
             from ..yolo import load_yolo_checkpoint
             model, _ = load_yolo_checkpoint(path, device)
@@ -115,14 +106,9 @@ class DetectorPredictor:
                                    f"{meta['architecture']!r}; expected "
                                    f"{DETECTOR_ARCHITECTURE!r} or 'yolo'.")
         from ..models.detection import build_detector
-        kwargs = dict(meta.get("architecture_kwargs") or {})
-        kwargs["pretrained_backbone"] = False
-        try:
-            model = build_detector(**kwargs)
-            model.load_state_dict(ckpt["model_state"])
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise ModelFormatError(f"{path}: cannot rebuild the detector with {kwargs}: "
-                                   f"{str(exc).splitlines()[0]}") from None
+        kwargs = {**(meta.get("architecture_kwargs") or {}), "pretrained_backbone": False}
+        model = rebuild_model(path, lambda: build_detector(**kwargs), ckpt["model_state"],
+                              f"the detector with {kwargs}")
         return cls(model, meta, device)
 
     @torch.no_grad()
@@ -144,9 +130,7 @@ class DetectorPredictor:
         if not 0.0 <= score_threshold <= 1.0 or not 0.0 < nms_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1] and nms_threshold in (0, 1], "
                              f"got {score_threshold} and {nms_threshold}.")
-        image = check_image(image)
-        if self._pre is not None:
-            image = self._pre(image)
+        image = self._preprocess(image)
         out = self._raw(image)
         keep = out["scores"] >= score_threshold
         boxes, scores, labels = out["boxes"][keep], out["scores"][keep], out["labels"][keep]

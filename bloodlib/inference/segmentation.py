@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import DEFAULT_PREPROCESSING, check_image, preprocess_from_meta, to_tensor
+from .common import DEFAULT_PREPROCESSING, Predictor, to_tensor
 
 __all__ = ["SegmenterPredictor", "SegmentationResult", "segmentation_meta",
            "segmentation_meta_from_legacy"]
@@ -88,50 +88,35 @@ def segmentation_meta_from_legacy(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SegmenterPredictor:
+class SegmenterPredictor(Predictor):
     """Per-pixel classes for RGB uint8 images with a segmentation-zoo model."""
 
     task = "segment"
 
     def __init__(self, model: torch.nn.Module, meta: Mapping[str, Any], device: Any = "cpu") -> None:
-        self.meta = dict(meta)
-        self.classes = list(self.meta["classes"])
+        super().__init__(model, meta, device)
         size = self.meta.get("input_size")
         self.input_size = None if size is None else (
             (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1])))
         self.normalize = (self.meta.get("preprocessing") or {}).get("normalize", "unit")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self._pre = preprocess_from_meta(self.meta)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "SegmenterPredictor":
         """Rebuild the model named in the checkpoint's metadata and load its weights."""
         from ..models.segmentation_zoo import build_segmentation_model
-        from .store import ModelFormatError, normalize_meta, read_checkpoint
-        ckpt = read_checkpoint(path)
-        meta = dict(ckpt.get("meta") or {})
-        if "task" not in meta and {"model", "knobs"} <= meta.keys():
-            meta = segmentation_meta_from_legacy(meta)
-        meta = normalize_meta(meta)
-        if meta["task"] != "segment":
-            raise ModelFormatError(f"{path} is a {meta['task']!r} model, not a segmentation one.")
+        from .store import read_task_checkpoint, rebuild_model
+        ckpt, meta = read_task_checkpoint(path, "segment", "a segmentation one")
         kwargs = dict(meta.get("architecture_kwargs") or {})
         num_classes = int(kwargs.pop("num_classes", len(meta["classes"])))
-        try:
-            model = build_segmentation_model(meta["architecture"], num_classes, **kwargs)
-            model.load_state_dict(ckpt["model_state"])
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise ModelFormatError(f"{path}: cannot rebuild {meta['architecture']!r} with "
-                                   f"{kwargs}: {str(exc).splitlines()[0]}") from None
+        model = rebuild_model(
+            path, lambda: build_segmentation_model(meta["architecture"], num_classes, **kwargs),
+            ckpt["model_state"], f"{meta['architecture']!r} with {kwargs}")
         return cls(model, meta, device)
 
     @torch.no_grad()
     def predict_proba(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities (C, H, W) float32 at the image's size."""
-        image = check_image(image)
-        if self._pre is not None:
-            image = self._pre(image)
+        image = self._preprocess(image)
         h, w = image.shape[:2]
         x = to_tensor(image, self.normalize)
         if self.input_size is not None and (h, w) != self.input_size:

@@ -24,7 +24,7 @@ import re
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import pandas as pd
 import torch
@@ -108,13 +108,42 @@ def read_checkpoint(path: PathLike, mmap: bool = False) -> dict[str, Any]:
     return ckpt
 
 
-def read_meta(path: PathLike) -> dict[str, Any]:
-    """The contract metadata of a checkpoint (legacy WCSegNet checkpoints are converted)."""
-    meta = dict(read_checkpoint(path, mmap=True).get("meta") or {})
+def _contract_meta(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(ckpt.get("meta") or {})
     if "task" not in meta and "model" in meta and "knobs" in meta:  # wbc_segmentation.train_model
         from .segmentation import segmentation_meta_from_legacy
         meta = segmentation_meta_from_legacy(meta)
+    return meta
+
+
+def read_meta(path: PathLike) -> dict[str, Any]:
+    """The contract metadata of a checkpoint (legacy WCSegNet checkpoints are converted)."""
+    meta = _contract_meta(read_checkpoint(path, mmap=True))
     return normalize_meta(meta) if "task" in meta else meta
+
+
+def read_task_checkpoint(path: PathLike, task: str, what: str
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(checkpoint, contract metadata)`` of a ``task`` model; ModelFormatError naming
+    ``what`` (e.g. "a classifier") when the checkpoint holds another task's model."""
+    ckpt = read_checkpoint(path)
+    meta = normalize_meta(_contract_meta(ckpt))
+    if meta["task"] != task:
+        raise ModelFormatError(f"{path} is a {meta['task']!r} model, not {what}.")
+    return ckpt, meta
+
+
+def rebuild_model(path: PathLike, build: Callable[[], torch.nn.Module],
+                  state: Mapping[str, Any], description: str) -> torch.nn.Module:
+    """``build()`` a model and load ``state`` into it; ModelFormatError ("cannot rebuild
+    ``description``") when the architecture or the weights do not fit."""
+    try:
+        model = build()
+        model.load_state_dict(state)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ModelFormatError(f"{path}: cannot rebuild {description}: "
+                               f"{str(exc).splitlines()[0]}") from None
+    return model
 
 
 def model_names(folder: Optional[PathLike] = None) -> list[str]:
