@@ -42,7 +42,8 @@ def main(model: str, budget: float, threads: int, out_dir: str, **overrides) -> 
                notes=(f"data={data['source']}; validation images at {knobs['image_size']} px; "
                       f"backbone {knobs['backbone']} from scratch; trained {budget / 60:.0f} "
                       f"min wall with {threads} torch thread(s)"),
-               extra={"n_train": len(data["train"]["images"]),
+               extra={"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
+                      "n_train": len(data["train"]["images"]),
                       "n_val": len(data["val"]["images"]), "torch_threads": threads,
                       "stop_reason": log.stop_reason})
     bc.save_model(out["model"], run.output_dir / "checkpoints" / f"{model}.pt", knobs, m,
