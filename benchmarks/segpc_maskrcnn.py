@@ -40,8 +40,9 @@ def main(model: str, budget: float, threads: int, out_dir: str, **overrides) -> 
                metrics=bc.finite({**m, "train_minutes": m.get("train_seconds", 0) / 60,
                                   "peak_rss_mb": peak_mb}),
                notes=(f"data={data['source']}; validation images at {knobs['image_size']} px; "
-                      f"backbone {knobs['backbone']} from scratch; trained {budget / 60:.0f} "
-                      f"min wall with {threads} torch thread(s)"),
+                      f"backbone {knobs['backbone']} from scratch; trained {log.steps} steps in "
+                      f"{log.seconds / 60:.0f} min (budget {budget / 60:.0f} min, stop: "
+                      f"{log.stop_reason}) with {threads} torch thread(s)"),
                extra={"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
                       "n_train": len(data["train"]["images"]),
                       "n_val": len(data["val"]["images"]), "torch_threads": threads,

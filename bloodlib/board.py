@@ -78,9 +78,11 @@ def collect_results(dirs: Optional[Sequence[PathLike]] = None) -> list[dict[str,
 
 
 def run_label(result: Mapping[str, Any]) -> str:
-    """Short name of the run a result comes from: ``profile · origin`` (the table row
-    already says which model and dataset)."""
-    return " · ".join(str(p) for p in (result["profile"], result.get("origin")) if p)
+    """Short name of the run a result comes from: ``profile · origin``, then the result's
+    ``extra["variant"]`` when it has one (the table row already says which model and
+    dataset)."""
+    variant = (result.get("extra") or {}).get("variant")
+    return " · ".join(str(p) for p in (result["profile"], result.get("origin"), variant) if p)
 
 
 def runs_table(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -257,8 +257,9 @@ def results_frame(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 def reference_table(experiment: str, metrics: Iterable[str],
                     reference_dir: Optional[Union[str, os.PathLike]] = None) -> pd.DataFrame:
     """The committed ``bench_cpu``/``full`` results of ``experiment`` (default folder
-    ``results/reference``): one row per profile, dataset and model with ``metrics`` (those
-    present), training minutes and peak memory; empty when nothing has been benchmarked."""
+    ``results/reference``): one row per profile, dataset and model (+ ``extra["variant"]``)
+    with ``metrics`` (those present), training minutes and peak memory; empty when nothing
+    has been benchmarked."""
     if reference_dir is None:
         from .notebooks import REFERENCE_DIR
         reference_dir = REFERENCE_DIR
@@ -269,7 +270,8 @@ def reference_table(experiment: str, metrics: Iterable[str],
             continue
         m, extra = r["metrics"], r.get("extra", {})
         seconds = extra.get("train_seconds", m.get("train_seconds"))
-        rows.append({"profile": r["profile"], "dataset": r["dataset"], "model": r.get("model"),
+        model = " ".join(str(p) for p in (r.get("model"), extra.get("variant")) if p)
+        rows.append({"profile": r["profile"], "dataset": r["dataset"], "model": model,
                      **{k: m[k] for k in keys if k in m},
                      "train_min": round(seconds / 60, 1) if seconds is not None else None,
                      "peak_rss_mb": (r.get("peak_memory_mb") or {}).get("cpu_rss")})

@@ -193,11 +193,16 @@ def test_summary_lists_many_metrics_as_rows():
 def test_reference_table_keeps_benchmark_runs_and_reads_minutes_from_either_place(tmp_path):
     from bloodlib.experiments import mcnet_detection as mc
     from bloodlib.results import reference_table
+    variants, tmp_path = tmp_path / "variants", tmp_path / "main"
     R.write_result(R.make_result("mcnet", "paper1", "bccd", "test",
                              {"mAP50": 0.91, "train_seconds": 600.0}, {}, 0, "bench_cpu", 1.0,
                              model="mcnet"), tmp_path)
     R.write_result(R.make_result("mcnet", "paper1", "bccd", "test", {"mAP50": 0.1}, {}, 0, "quick",
                              1.0, model="faster_rcnn"), tmp_path)
+    variant = R.make_result("mcnet", "paper1", "bccd", "test", {"mAP50": 0.9}, {}, 0,
+                            "bench_cpu", 1.0, model="mcnet", extra={"variant": "(long)"})
+    R.write_result(variant, variants)
+    assert list(mc.reference_table(variants).index) == [("bench_cpu", "bccd", "mcnet (long)")]
     table = mc.reference_table(tmp_path)
     assert list(table.index) == [("bench_cpu", "bccd", "mcnet")]
     assert table.iloc[0]["mAP50"] == 0.91 and table.iloc[0]["train_min"] == 10.0

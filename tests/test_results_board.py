@@ -47,6 +47,15 @@ def test_rows_are_matched_by_model_and_dataset():
     assert board.match_table_row(explicit, "table1") == {"model": "WCSegNet", "dataset": "Jiangxi"}
 
 
+def test_a_variant_run_gets_its_own_column():
+    first = _result("wcsegnet", "jiangxi", profile="bench_cpu", dice=0.95)
+    second = _result("wcsegnet", "jiangxi", profile="bench_cpu", dice=0.96)
+    second["extra"] = {"variant": "(long)"}
+    assert board.run_label(second) == "bench_cpu · (long)"
+    wide = board.wide_table(board.comparisons([first, second]))
+    assert {"Dice (bench_cpu)", "Dice (bench_cpu · (long))"} <= set(wide.columns)
+
+
 def test_board_report(dirs, tmp_path):
     ref, run = dirs
     md, html = board.write_board(tmp_path / "board", [ref, run])
