@@ -1,12 +1,12 @@
 """PBC 8-class classification under paper 1's stratified 80/20, outside notebook 04.
 
-Notebook 04's ``bench_cpu`` profile trains this model inside a 31-minute notebook; this
-script runs only that part, with optional knob overrides, so a recipe can be measured on
-its own. It writes the results JSON (``run.finish``) under OUT_DIR/results and saves the
+Notebook 04's ``bench_cpu`` profile trains this model inside a notebook of about 40
+minutes; this script runs only that part, with optional knob overrides, so a recipe can be
+measured on its own. It writes the results JSON (``run.finish``) under OUT_DIR/results and saves the
 model into the model store as NAME:
 
     python benchmarks/pbc8_classification.py outputs/pbc8 pbc8-resnet18-bench_cpu \\
-        image_size=72 crop_fraction=0.75 lr=0.1
+        image_size=72 crop_fraction=1.0 lr=0.05
 
 Overrides are KEY=VALUE (Python literals); per-task knobs (``epochs``, ``time_budget_s``)
 are given for the 80/20 task only, e.g. ``time_budget_s=1440``.
