@@ -57,6 +57,18 @@ def test_profiles():
         assert set(knobs["epochs"]) == set(wc.PROTOCOLS)
 
 
+def test_reference_table_lists_the_committed_benchmarks(tmp_path):
+    from bloodlib.results import make_result, write_result
+    for model, acc in (("resnet18", 0.98), ("cnn", 0.97)):
+        write_result(make_result(wc.EXPERIMENT, "paper1", "pbc_paper1_80_20", "test",
+                                 {"accuracy": acc, "macro_f1": acc - 0.01}, {}, 0, "bench_cpu",
+                                 1.0, model=model, extra={"train_seconds": 1200.0}), tmp_path)
+    table = wc.reference_table(tmp_path)
+    assert table.loc[("bench_cpu", "pbc_paper1_80_20", "resnet18"), "accuracy"] == 0.98
+    assert set(table["train_min"]) == {20.0} and "macro_f1" in table
+    assert wc.reference_table(tmp_path / "none").empty
+
+
 # ----------------------------------------------------------------------------- data, splits
 def test_preload_hashes_match_pixel_hash(synthetic):
     assert synthetic.images.shape == (108, 32, 32, 3) and synthetic.images.dtype == np.uint8

@@ -140,6 +140,15 @@ register(EXPERIMENT, {
 })
 
 
+def reference_table(reference_dir: Any = None) -> pd.DataFrame:
+    """The committed ``bench_cpu``/``full`` results of this experiment (``results/reference``):
+    accuracy, macro F1 / precision / recall, ROC-AUC, minutes and peak memory per protocol
+    (or external set) and model."""
+    from ..results import reference_table as table
+    return table(EXPERIMENT, ("accuracy", "macro_f1", "macro_precision", "macro_recall",
+                              "roc_auc_macro"), reference_dir)
+
+
 # ----------------------------------------------------------------------------- images
 @dataclass
 class CellImages:
