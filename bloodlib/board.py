@@ -344,7 +344,8 @@ def write_board(out_dir: PathLike, results_dirs: Optional[Sequence[PathLike]] = 
     hb[-1] = _badge_profiles(hb[-1])
     for paper, tables in board["papers"].items():
         info = paper_info(paper)
-        head = f"{paper}: {info.get('title', '')} ({info.get('year', '')})"
+        year = f" ({info['year']})" if info.get("year") else ""
+        head = f"{paper}: {info.get('title', '')}{year}"
         md += ["", f"## {head}"]
         hb += [f"<h2>{html.escape(head)}</h2>"]
         for table, t in tables.items():
