@@ -50,7 +50,7 @@ def test_profiles():
     quick, bench, full = (get_profile("wbc_classification", p)
                           for p in ("quick", "bench_cpu", "full"))
     assert bench["protocols"][0] == "paper1_80_20" and bench["pretrained"] is False
-    assert bench["time_budget_s"]["paper1_80_20"] <= 25 * 60
+    assert bench["time_budget_s"]["paper1_80_20"] < 30 * 60  # the issue: under 30 minutes
     assert full["pretrained"] is True and full["image_size"] == 224
     assert quick["image_size"] <= 64 and quick["max_per_class"] is not None
     for knobs in (quick, bench, full):
