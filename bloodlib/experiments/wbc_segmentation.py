@@ -79,7 +79,7 @@ register(EXPERIMENT, {
               "early_stopping_patience": None, "time_budget_s": {"jiangxi": 40, "cellavision": 40},
               "samples_per_grid": 6, "qualitative_n": 4, "synthetic_images": 80,
               "cross_train": False, "cross_images": 24},
-    # ~20 min on 2 cores: 3 models x (300 s Jiangxi + 100 s CellaVision)
+    # the notebook ~50 min on 2 cores (measured: 49 min); WCSegNet on Jiangxi trains ~14 min
     # Same schedule for every model: cosine over a fixed number of epochs (not a time
     # budget, so a busy machine changes the minutes, not the result); time caps for safety.
     "bench_cpu": {**_COMMON, "datasets": ["jiangxi", "cellavision"], "image_size": 120,
