@@ -1,6 +1,6 @@
 """PBC 8-class classification under paper 1's stratified 80/20, outside notebook 04.
 
-Notebook 04's ``bench_cpu`` profile trains this model inside a notebook of about 40
+Notebook 04's ``bench_cpu`` profile trains this model inside a notebook of about 45
 minutes; this script runs only that part, with optional knob overrides, so a recipe can be
 measured on its own. It writes the results JSON (``run.finish``) under OUT_DIR/results and saves the
 model into the model store as NAME:

@@ -35,7 +35,7 @@ from .config import register
 from .errors import BloodlibError
 from .notebooks import PROJECT_ROOT, REFERENCE_DIR
 from .results import (METRIC_ALIASES, ResultsError, compare_with_paper, load_results,
-                      paper_info, paper_table, summary_html, summary_markdown)
+                      paper_info, paper_table, result_variant, summary_html, summary_markdown)
 
 PathLike = Union[str, Path]
 register("results_board", {p: {"include_reference": True} for p in ("quick", "bench_cpu", "full")})
@@ -81,8 +81,8 @@ def run_label(result: Mapping[str, Any]) -> str:
     """Short name of the run a result comes from: ``profile · origin``, then the result's
     ``extra["variant"]`` when it has one (the table row already says which model and
     dataset)."""
-    variant = (result.get("extra") or {}).get("variant")
-    return " · ".join(str(p) for p in (result["profile"], result.get("origin"), variant) if p)
+    return " · ".join(str(p) for p in (result["profile"], result.get("origin"),
+                                       result_variant(result)) if p)
 
 
 def runs_table(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -186,16 +186,21 @@ def _safe(part: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(part)).strip("-.") or "x"
 
 
-def result_filename(result: Mapping[str, Any]) -> str:
-    """``<experiment>__<dataset>__<profile>[__<model>].json`` with unsafe characters replaced.
+def result_variant(result: Mapping[str, Any]) -> Optional[str]:
+    """The label of a second run of the same configuration (``extra["variant"]``), if any."""
+    return (result.get("extra") or {}).get("variant") or None
 
-    The model is appended when set, so several models of one experiment do not overwrite
-    each other.
+
+def result_filename(result: Mapping[str, Any]) -> str:
+    """``<experiment>__<dataset>__<profile>[__<model>][__<variant>].json`` with unsafe
+    characters replaced.
+
+    The model and the :func:`result_variant` are appended when set, so several models of
+    one experiment, or two runs of one model, do not overwrite each other.
     """
-    parts = [result["experiment"], result["dataset"], result["profile"]]
-    if result.get("model"):
-        parts.append(result["model"])
-    return "__".join(_safe(p) for p in parts) + ".json"
+    parts = [result["experiment"], result["dataset"], result["profile"],
+             result.get("model"), result_variant(result)]
+    return "__".join(_safe(p) for p in parts if p) + ".json"
 
 
 def write_result(result: Mapping[str, Any], out_dir: Union[str, os.PathLike]) -> Path:
@@ -270,7 +275,7 @@ def reference_table(experiment: str, metrics: Iterable[str],
             continue
         m, extra = r["metrics"], r.get("extra", {})
         seconds = extra.get("train_seconds", m.get("train_seconds"))
-        model = " ".join(str(p) for p in (r.get("model"), extra.get("variant")) if p)
+        model = " ".join(str(p) for p in (r.get("model"), result_variant(r)) if p)
         rows.append({"profile": r["profile"], "dataset": r["dataset"], "model": model,
                      **{k: m[k] for k in keys if k in m},
                      "train_min": round(seconds / 60, 1) if seconds is not None else None,

@@ -207,3 +207,14 @@ def test_reference_table_keeps_benchmark_runs_and_reads_minutes_from_either_plac
     assert list(table.index) == [("bench_cpu", "bccd", "mcnet")]
     assert table.iloc[0]["mAP50"] == 0.91 and table.iloc[0]["train_min"] == 10.0
     assert reference_table("other", ["mAP50"], tmp_path).empty
+
+
+def test_a_variant_run_is_written_beside_its_main_run(tmp_path):
+    main = R.make_result("mcnet", "paper1", "bccd", "test", {"mAP50": 0.91}, {}, 0,
+                         "bench_cpu", 1.0, model="mcnet")
+    variant = R.make_result("mcnet", "paper1", "bccd", "test", {"mAP50": 0.9}, {}, 0,
+                            "bench_cpu", 1.0, model="mcnet", extra={"variant": "(long run)"})
+    paths = {R.write_result(r, tmp_path).name for r in (main, variant)}
+    assert paths == {"mcnet__bccd__bench_cpu__mcnet.json",
+                     "mcnet__bccd__bench_cpu__mcnet__long-run.json"}
+    assert R.result_variant(variant) == "(long run)" and R.result_variant(main) is None

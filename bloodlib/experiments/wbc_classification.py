@@ -31,8 +31,9 @@ cell), all trained from scratch by default. Images are preloaded once at ``image
 
 Training recipe (our choices; the papers give none usable on a CPU): SGD with Nesterov
 momentum 0.9, lr 0.05 for short runs (0.1 trained worse in a 4-epoch probe: 65 % vs 86 %
-validation accuracy) and 0.1 for the 28-minute benchmark (``bench_cpu``), weight decay 5e-4, batch 64, label smoothing 0.1, a linear warm-up (5 %
-of training) then a cosine decay of the learning rate driven by training *progress* = the larger of (steps
+validation accuracy) and 0.1 for the 28-minute benchmark (``bench_cpu``), weight decay
+5e-4, batch 64, label smoothing 0.1, a linear warm-up (5 % of training) then a cosine
+decay of the learning rate driven by training *progress* = the larger of (steps
 done / planned steps) and (time spent / time budget), so that the rate reaches its floor
 when either the planned epochs or the time budget run out (:class:`ProgressCosine`);
 augmentation = flips, 90-degree rotations, a small colour jitter

@@ -87,7 +87,7 @@ class DetectorPredictor(Predictor):
     task = "detect"
 
     def __init__(self, model: Any, meta: Mapping[str, Any], device: Any = "cpu") -> None:
-        architecture = dict(meta).get("architecture", DETECTOR_ARCHITECTURE)
+        architecture = meta.get("architecture", DETECTOR_ARCHITECTURE)
         super().__init__(model, meta, device, move=architecture != "yolo")
         self.architecture = architecture
         self.input_size = self.meta.get("input_size")
