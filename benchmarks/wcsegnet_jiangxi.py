@@ -1,0 +1,51 @@
+"""One model of notebook 05 on Jiangxi, outside the notebook, to try a recipe change.
+
+Uses the notebook's splits (stratified 80:20, then 15 % of train for validation) and the
+``bench_cpu`` recipe with KEY=VALUE knob overrides (Python literals); prints the test
+metrics without and with dihedral test-time augmentation, minutes and peak memory. It
+writes no results JSON: the committed numbers come from the notebook.
+
+    python benchmarks/wcsegnet_jiangxi.py wcsegnet loss=ce_dice
+    python benchmarks/wcsegnet_jiangxi.py wcsegnet train_on_val=True
+
+``train_on_val=True`` trains on train + validation (the best epoch is then picked on
+images the model trained on; the test images stay untouched).
+"""
+import ast
+import resource
+import sys
+import tempfile
+
+from bloodlib.config import get_profile
+from bloodlib.experiments import wbc_segmentation as wcs
+
+SEED = 0
+
+
+def main(name: str, overrides: dict) -> None:
+    train_on_val = bool(overrides.pop("train_on_val", False))
+    knobs = {**get_profile(wcs.EXPERIMENT, "bench_cpu"), **overrides}
+    with tempfile.TemporaryDirectory() as tmp:
+        included, _, source = wcs.load_or_synthesize("jiangxi", knobs, tmp, SEED)
+    if source == "synthetic":
+        raise SystemExit("Zheng data not found: set BLOODLIB_DATA to the datasets folder.")
+    outer = wcs.split_records(included, SEED, 0.2, knobs["min_count"])
+    inner = wcs.split_records(outer.train, SEED, knobs["val_fraction"], knobs["min_count"])
+    train = inner.train + inner.test if train_on_val else inner.train
+    print(f"train {len(train)}, val {len(inner.test)}, test {len(outer.test)}; {overrides}")
+    model, history, val = wcs.train_model(name, train, inner.test, knobs, "cpu", SEED,
+                                          dataset="jiangxi")
+    for tta in (None, "dihedral"):
+        m = wcs.evaluate(model, outer.test, {**knobs, "tta": tta}, "cpu")
+        print(f"tta={tta}: " + " ".join(f"{k} {m[k]:.4f}" for k in
+                                         ("nucleus_dice", "dice", "mIoU", "precision", "accuracy")))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"epochs {history.last_epoch} (best {history.best_epoch}) in "
+          f"{val['train_seconds'] / 60:.1f} min, peak RSS {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], {k: ast.literal_eval(v) if v[:1] in "0123456789-[{('\"" or v in (
+        "True", "False", "None") else v for k, v in (a.split("=", 1) for a in sys.argv[2:])})
