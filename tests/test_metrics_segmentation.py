@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bloodlib.errors import MaskError
-from bloodlib.metrics.segmentation import SegmentationMeter, mask_iou, matched_instance_iou
+from bloodlib.metrics.segmentation import (SegmentationMeter, boundary_band_errors, mask_iou,
+                                          matched_instance_iou)
 
 TARGET = np.array([[0, 0, 1, 1],
                    [0, 0, 1, 1],
@@ -101,3 +102,41 @@ def test_mask_iou_and_matched_instances_by_hand():
     assert r["mean_iou"] == 1 and (r["matched"], r["unmatched_gt"]) == (1, 1)
     r = matched_instance_iou([], [a])
     assert math.isnan(r["mean_iou"]) and r["unmatched_gt"] == 1
+
+
+def _disc(shape=(40, 40), centre=(20, 20), radius=10):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def test_boundary_band_errors_a_one_pixel_shift_is_all_on_the_boundary():
+    gt = _disc()
+    shifted = _disc(centre=(20, 21))
+    r = boundary_band_errors([shifted], [gt], bands=(1, 2))
+    errors = int((gt ^ shifted).sum())
+    assert r["error_pixels"] == errors > 0
+    assert r["within_1px"] == pytest.approx(1.0)
+    assert r["dice_outside_1px"] == pytest.approx(1.0)
+    assert r["dice"] == pytest.approx(2 * (gt & shifted).sum() / (gt.sum() + shifted.sum()))
+
+
+def test_boundary_band_errors_a_distant_blob_is_not_on_the_boundary():
+    gt = _disc()
+    pred = gt.copy()
+    pred[2:5, 2:5] = True                               # 9 false positives far from the disc
+    pred[20, 10] = False                                # 1 false negative on the boundary
+    r = boundary_band_errors(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None], bands=(1,))
+    assert r["error_pixels"] == 10
+    assert r["within_1px"] == pytest.approx(0.1)
+    assert r["dice_outside_1px"] < 1.0
+
+
+def test_boundary_band_errors_empty_truth_and_bad_shapes():
+    empty = np.zeros((1, 8, 8), bool)
+    pred = empty.copy()
+    pred[0, 3, 3] = True
+    r = boundary_band_errors(pred, empty)
+    assert r["dice"] == 0.0 and r["within_1px"] == 0.0       # no boundary: nothing is near it
+    assert math.isnan(boundary_band_errors(empty, empty)["within_1px"])  # no errors at all
+    with pytest.raises(MaskError, match="same size"):
+        boundary_band_errors(np.zeros((1, 8, 8)), np.zeros((1, 8, 9)))

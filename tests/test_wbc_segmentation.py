@@ -148,6 +148,36 @@ def test_cross_dataset_check_scores_a_perfect_and_a_blind_model(records):
     assert 0.0 < blind["accuracy"] < 1.0
 
 
+class _Constant(torch.nn.Module):
+    """Predicts one class everywhere (0 = background, 1 = a nucleus)."""
+
+    def __init__(self, cls: int) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full(x.shape[:1] + x.shape[2:], self.cls),
+                                           4).permute(0, 3, 1, 2).float()
+
+
+def test_boundary_error_table_and_worst_images_figure(records):
+    zheng_like = [r for r in records if r.label in wcs.PAPER5_TYPES][:4]
+    knobs = {"image_size": 32, "batch_size": 4}
+    ds = wcs.make_dataset(zheng_like, knobs)
+    nucleus_pixels = sum(int((ds[i][1] > 0).sum()) for i in range(len(ds)))
+    table = wcs.boundary_error_table({"blind": _Constant(0), "unet_relu": _Constant(1)},
+                                     zheng_like, knobs)
+    assert list(table.index) == ["blind", wcs.MODEL_LABELS["unet_relu"]]
+    assert list(table.columns[:4]) == ["nucleus_dice", "error_pixels", "within_1px", "within_2px"]
+    blind = table.loc["blind"]
+    assert blind["nucleus_dice"] == 0.0 and blind["error_pixels"] == nucleus_pixels > 0
+    assert 0.0 < blind["within_1px"] <= blind["within_2px"] <= 1.0
+    everything = table.loc[wcs.MODEL_LABELS["unet_relu"]]
+    assert everything["error_pixels"] == 4 * 32 * 32 - nucleus_pixels
+    fig = wcs.worst_images_figure(_Constant(0), zheng_like, knobs, n=3)
+    assert len(fig.axes) == 3 and all("Dice 0.000" in ax.get_title() for ax in fig.axes)
+
+
 def test_reference_table_reads_committed_benchmarks(tmp_path):
     from bloodlib.results import make_result, write_result
     for profile, model in (("bench_cpu", "wcsegnet"), ("quick", "unet_relu")):
