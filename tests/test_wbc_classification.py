@@ -229,6 +229,22 @@ def test_train_save_and_predict_round_trip(synthetic, tmp_path):
     assert pred.meta["training_data"] == {"dataset": "synthetic"}
 
 
+@pytest.mark.parametrize("mix", wc.MIXES)
+def test_mixed_batches_carry_probability_targets_and_train(synthetic, mix):
+    knobs = _knobs(mix=mix, mix_alpha=1.0, epochs={k: 2 for k in wc.PROTOCOLS},
+                   time_budget_s={k: 60 for k in wc.PROTOCOLS}, cnn_width=0.25)
+    parts = wc.protocol_split(synthetic, "paper1_80_20", knobs, seed=0)
+    x, y = next(iter(wc.make_loader(parts["train"], CLASSES3, knobs, train=True)))
+    assert x.shape == (16, 3, 32, 32) and y.shape == (16, 3) and y.dtype == torch.float32
+    assert torch.allclose(y.sum(1), torch.ones(16)) and (y.max(1).values < 1).any()
+    _, y_val = next(iter(wc.make_loader(parts["val"], CLASSES3, knobs, train=False)))
+    assert y_val.ndim == 1                              # evaluation is never mixed
+    t = wc.train_classifier("cnn", parts, CLASSES3, knobs, "paper1_80_20", "cpu", seed=0)
+    assert np.isfinite(t.history.to_frame()["train_loss"]).all()
+    with pytest.raises(ValueError, match="mix 'blend' unknown"):
+        wc.BatchMix("blend", 3)
+
+
 def test_quick_model_for_the_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOODLIB_DATA", str(tmp_path / "no-data"))
     t0 = time.perf_counter()

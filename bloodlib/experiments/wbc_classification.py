@@ -108,7 +108,7 @@ _COMMON = {"crop_fraction": 1.0, "small_input": None, "batch_size": 64, "optimiz
            "lr": 0.05,
            "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1,
            "warmup_fraction": 0.05, "min_lr_fraction": 0.0, "color_jitter": 0.1,
-           "scale_jitter": 0.0, "dropout": 0.0, "cnn_width": 1.0, "pretrained": False,
+           "scale_jitter": 0.0, "mix": None, "mix_alpha": 0.2, "dropout": 0.0, "cnn_width": 1.0, "pretrained": False,
            "allow_download": False, "num_workers": 0, "val_fraction": 0.1,
            "wbc5_models": ["cnn", "resnet18", "hybrid_resnet18"], "pbc8_model": "resnet18",
            "protocols": ["paper1_80_20", "paper2_300_100_100"],
@@ -351,15 +351,39 @@ class ArrayDataset(Dataset):
         return x, int(self.targets[i])
 
 
+MIXES = ("mixup", "cutmix")
+
+
+class BatchMix:
+    """A collate function that mixes each training batch with torchvision's
+    ``v2.MixUp`` or ``v2.CutMix`` (mixing weight ~ Beta(``alpha``, ``alpha``)); the
+    targets become class probabilities, which ``nn.CrossEntropyLoss`` accepts."""
+
+    def __init__(self, kind: str, num_classes: int, alpha: float = 0.2) -> None:
+        from torchvision.transforms import v2
+        if kind not in MIXES:
+            raise ValueError(f"mix {kind!r} unknown; use one of {MIXES} or None.")
+        self.mix = (v2.MixUp if kind == "mixup" else v2.CutMix)(alpha=float(alpha),
+                                                                 num_classes=int(num_classes))
+
+    def __call__(self, batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch.utils.data import default_collate
+        return self.mix(*default_collate(batch))
+
+
 def make_loader(data: CellImages, classes: Sequence[str], knobs: Mapping[str, Any],
                 train: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader; training ones shuffle, augment and drop the last partial batch."""
+    """A DataLoader; training ones shuffle, augment, drop the last partial batch and,
+    with ``knobs["mix"]`` ("mixup" or "cutmix"), mix each batch (:class:`BatchMix`)."""
     tf = augmentation(knobs, seed) if train else None
     g = torch.Generator().manual_seed(seed)
     bs = int(knobs["batch_size"])
+    mix = knobs.get("mix") if train else None
     return DataLoader(ArrayDataset(data.images, data.targets(classes), tf),
                       batch_size=bs if train else max(bs, 128), shuffle=train, generator=g,
                       drop_last=train and len(data) > bs,
+                      collate_fn=BatchMix(mix, len(classes), knobs.get("mix_alpha", 0.2))
+                      if mix else None,
                       num_workers=int(knobs.get("num_workers", 0)))
 
 
