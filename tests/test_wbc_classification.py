@@ -164,6 +164,20 @@ def test_evaluator_and_report_wiring():
     assert 0 < out["macro_f1"] < 1
 
 
+def test_shared_errors_lists_the_images_several_models_miss():
+    labels = ["eosinophil"] * 4 + ["lymphocyte"] * 3 + ["neutrophil"] * 3
+    a = wc.evaluate(_Oracle(3), _coded(labels, wrong={0, 5}), CLASSES3)
+    b = wc.evaluate(_Oracle(3), _coded(labels, wrong={5}), CLASSES3)
+    data = _coded(labels)
+    df = wc.shared_errors({"a": a, "b": b}, data)
+    assert list(df.columns) == ["image", "true", "a", "b", "n_wrong"]
+    assert df.to_dict("records") == [
+        {"image": "5.png", "true": "lymphocyte", "a": "neutrophil", "b": "neutrophil", "n_wrong": 2},
+        {"image": "0.png", "true": "eosinophil", "a": "lymphocyte", "b": "", "n_wrong": 1}]
+    with pytest.raises(ValueError, match="same set"):
+        wc.shared_errors({"a": a}, data.subset(range(5)))
+
+
 def test_progress_cosine_schedule(monkeypatch):
     sched = wc.ProgressCosine(100, None, warmup=0.1, min_fraction=0.0)
     assert sched(0) < sched(5) < sched(10) == pytest.approx(1.0)

@@ -127,7 +127,9 @@ register(EXPERIMENT, {
     # 80 px of the centre 75 % at lr 0.1 reached 98.54 % test accuracy (20 min) where 64 px of
     # the whole image at lr 0.05 reached 97.71 % (24 min): the cell fills more of the input.
     # Runs of this recipe: 98.13 / 98.54 % (20 min), 98.54 / 98.33 % (28 min); at 96 px
-    # (92 epochs in 28 min) 98.54 %. In each 28-min run 12-13 of the 14-16 errors involve ig.
+    # (92 epochs in 28 min) 98.54 %; with mix="mixup" 98.54 %. 9 test images are missed by
+    # all four 28-min models (benchmarks/pbc8_shared_errors.py), most of them ig vs
+    # neutrophil/monocyte: a floor for this recipe, whatever the resolution or mixing.
     "bench_cpu": {**_COMMON, "image_size": 80, "crop_fraction": 0.75, "lr": 0.1,
                   "small_input": False, "max_per_class": None,
                   "tta": "dihedral", "val_fraction": 0.05,
@@ -612,6 +614,29 @@ def summary_row(ev: Evaluation) -> dict[str, float]:
 def summary_table(evals: Mapping[str, Evaluation]) -> pd.DataFrame:
     """:func:`summary_row` of every evaluation, one row each."""
     return pd.DataFrame({k: summary_row(v) for k, v in evals.items()}).T
+
+
+def shared_errors(evals: Mapping[str, Evaluation], data: CellImages) -> pd.DataFrame:
+    """The images of ``data`` that at least one of ``evals`` (model name -> its
+    :class:`Evaluation` on ``data``) gets wrong: file name, true class, each model's
+    prediction (blank where right) and ``n_wrong``, most-missed first. Images every model
+    misses point at ambiguous cells or labels rather than at one training run."""
+    for name, ev in evals.items():
+        if len(ev.y_true) != len(data):
+            raise ValueError(f"{name!r} was evaluated on {len(ev.y_true)} images, not on the "
+                             f"{len(data)} given: evaluate every model on the same set.")
+    wrong = sorted({int(i) for ev in evals.values() for i in ev.wrong})
+    rows = []
+    for i in wrong:
+        row = {"image": Path(data.paths[i]).name, "true": data.labels[i]}
+        row.update({name: ev.classes[ev.y_pred[i]] if ev.y_pred[i] != ev.y_true[i] else ""
+                    for name, ev in evals.items()})
+        row["n_wrong"] = sum(1 for name in evals if row[name])
+        rows.append(row)
+    columns = ["image", "true", *evals, "n_wrong"]
+    df = pd.DataFrame(rows, columns=columns)
+    return df.sort_values(["n_wrong", "true"], ascending=[False, True], kind="stable",
+                          ignore_index=True)
 
 
 def model_meta(trained: Trained, knobs: Mapping[str, Any], training_data: Mapping[str, Any],

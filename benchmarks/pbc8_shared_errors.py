@@ -1,0 +1,51 @@
+"""Which PBC test images do several stored 8-class models get wrong?
+
+Loads each named model from the model store (``BLOODLIB_MODELS``), rebuilds paper 1's
+80/20 split at the model's own input size and crop (the split does not depend on them),
+evaluates with the model's test-time augmentation and prints, then writes to
+OUT_DIR/shared_errors.csv, :func:`bloodlib.experiments.wbc_classification.shared_errors`:
+
+    python benchmarks/pbc8_shared_errors.py outputs/pbc8 \\
+        pbc8-resnet18-bench_cpu pbc8-resnet18-probe28 pbc8-resnet18-probe96
+"""
+import sys
+from pathlib import Path
+
+from bloodlib import session
+from bloodlib.experiments import wbc_classification as wc
+from bloodlib.inference import load_predictor
+
+TASK = "paper1_80_20"
+
+
+def main(out_dir: str, names: list[str]) -> None:
+    evals, test = {}, None
+    for name in names:
+        predictor = load_predictor(name, task="classify")
+        size = int(predictor.meta["input_size"][0])
+        crop = float(predictor.meta["preprocessing"].get("crop_fraction", 1.0))
+        run = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
+                            verbose=False, image_size=size, crop_fraction=crop)
+        pbc, _ = wc.drop_conflicting(wc.load_pbc_images(run.knobs, run.output_dir, 0))
+        if pbc.source == "synthetic":
+            raise SystemExit("PBC not found: set BLOODLIB_DATA to the datasets folder.")
+        part = wc.protocol_split(pbc, TASK, run.knobs, 0)["test"]
+        if test is not None and [p.name for p in part.paths] != [p.name for p in test.paths]:
+            raise SystemExit(f"{name}: its test split differs from the first model's.")
+        test = part
+        evals[name] = wc.evaluate(predictor.model, part, wc.PBC8,
+                                  predictor.meta.get("tta") or "none")
+        print(f"{name}: {size} px, test accuracy {evals[name].report.accuracy:.4f} "
+              f"({len(evals[name].wrong)} wrong)", flush=True)
+    table = wc.shared_errors(evals, test)
+    print(table.to_string(index=False))
+    print("images wrong in k models:", table["n_wrong"].value_counts().sort_index().to_dict())
+    out = Path(out_dir) / "shared_errors.csv"
+    table.to_csv(out, index=False)
+    print("written:", out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], sys.argv[2:])
