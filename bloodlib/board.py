@@ -88,15 +88,18 @@ def run_label(result: Mapping[str, Any]) -> str:
 def runs_table(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per result: what ran, in which profile, where from, when, on what."""
     rows = [{"experiment": r["experiment"], "paper": r["paper"], "dataset": r["dataset"],
-             "model": r.get("model") or "-", "profile": r["profile"],
+             "model": r.get("model") or "-", "variant": result_variant(r) or "-",
+             "profile": r["profile"],
              "origin": r.get("origin", "-"), "device": r.get("device", "-"),
              "created": str(r.get("created", ""))[:10], "wall time (s)": r.get("wall_time_s"),
              "metrics": len(r.get("metrics") or {})} for r in results]
-    df = pd.DataFrame(rows, columns=["experiment", "paper", "dataset", "model", "profile",
-                                     "origin", "device", "created", "wall time (s)", "metrics"])
+    df = pd.DataFrame(rows, columns=["experiment", "paper", "dataset", "model", "variant",
+                                     "profile", "origin", "device", "created", "wall time (s)",
+                                     "metrics"])
     order = df["profile"].map(PROFILE_ORDER).fillna(9)
-    return df.assign(_o=order).sort_values(["paper", "experiment", "_o", "dataset", "model"]
-                                           ).drop(columns="_o").reset_index(drop=True)
+    keys = ["paper", "experiment", "_o", "dataset", "model", "_v", "variant"]
+    return (df.assign(_o=order, _v=df["variant"].ne("-")).sort_values(keys)   # main run first
+              .drop(columns=["_o", "_v"]).reset_index(drop=True))
 
 
 # ----------------------------------------------------------------------------- matching

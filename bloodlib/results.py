@@ -294,7 +294,8 @@ def _summary_tables(results: Iterable[Mapping[str, Any]]) -> dict[str, pd.DataFr
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         row = {"dataset": r["dataset"], "split": r["split"], "profile": r["profile"],
-               "model": r.get("model") or "-", "seed": r.get("seed"), "device": r["device"],
+               "model": r.get("model") or "-", "variant": result_variant(r) or "-",
+               "seed": r.get("seed"), "device": r["device"],
                "wall time (s)": float(r["wall_time_s"])}
         row.update({k: np.nan if v is None else float(v) for k, v in r["metrics"].items()})
         groups.setdefault(str(r["experiment"]), []).append(row)

@@ -186,8 +186,10 @@ def test_summary_lists_many_metrics_as_rows():
 
     metrics = {f"m{i}": float(i) for i in range(20)}
     res = make_result("wide", "none", "synthetic", "all", metrics, {}, 0, "quick", 1.0)
-    text = summary_markdown([res])
-    assert "| field | run 1 |" in text and "| m19 | 19 |" in text
+    second = {**res, "extra": {"variant": "(long)"}}
+    text = summary_markdown([res, second])
+    assert "| field | run 1 | run 2 |" in text and "| m19 | 19 | 19 |" in text
+    assert "| variant | - | (long) |" in text                # the two runs can be told apart
 
 
 def test_reference_table_keeps_benchmark_runs_and_reads_minutes_from_either_place(tmp_path):

@@ -54,13 +54,15 @@ def test_a_variant_run_gets_its_own_column():
     assert board.run_label(second) == "bench_cpu · (long)"
     wide = board.wide_table(board.comparisons([first, second]))
     assert {"Dice (bench_cpu)", "Dice (bench_cpu · (long))"} <= set(wide.columns)
+    runs = board.runs_table([second, first])
+    assert list(runs["variant"]) == ["-", "(long)"]             # the main run first
 
 
 def test_board_report(dirs, tmp_path):
     ref, run = dirs
     md, html = board.write_board(tmp_path / "board", [ref, run])
     text = md.read_text()
-    assert "## Runs" in text and "| wcsegnet | paper5 | jiangxi | wcsegnet | bench_cpu | reference" in text
+    assert "## Runs" in text and "| wcsegnet | paper5 | jiangxi | wcsegnet | - | bench_cpu | reference" in text
     assert "### table1:" in text and "WCSegNet, Jiangxi" in text and "Unet (LeakyRelu), Jiangxi" in text
     assert "0.9805" in text  # the paper's accuracy for WCSegNet on Jiangxi
     assert "quick · run quick" in text and "bench_cpu · reference" in text
