@@ -11,11 +11,11 @@ model into the model store as NAME:
 Overrides are KEY=VALUE (Python literals); per-task knobs (``epochs``, ``time_budget_s``)
 are given for the 80/20 task only, e.g. ``time_budget_s=1440``.
 """
-import ast
 import sys
 import time
 
 from bloodlib import session
+from bloodlib.config import parse_overrides
 from bloodlib.experiments import wbc_classification as wc
 from bloodlib.inference import save_model
 
@@ -57,10 +57,6 @@ def main(out_dir: str, name: str, overrides: dict) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
-    pairs = (a.split("=", 1) for a in sys.argv[3:])
-    over = {k: ast.literal_eval(v) if v[:1] in "0123456789-[{('\"" or v in ("True", "False",
-                                                                            "None") else v
-            for k, v in pairs}
     t0 = time.time()
-    main(sys.argv[1], sys.argv[2], over)
+    main(sys.argv[1], sys.argv[2], parse_overrides(sys.argv[3:]))
     print(f"total wall {time.time() - t0:.0f} s")

@@ -18,18 +18,25 @@ from bloodlib.inference import load_predictor
 TASK = "paper1_80_20"
 
 
+def test_part(out_dir: str, size: int, crop: float) -> wc.CellImages:
+    """Paper 1's 80/20 test part, preloaded at ``size`` px of the centre ``crop``."""
+    run = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
+                        verbose=False, image_size=size, crop_fraction=crop)
+    pbc, _ = wc.drop_conflicting(wc.load_pbc_images(run.knobs, run.output_dir, 0))
+    if pbc.source == "synthetic":
+        raise SystemExit("PBC not found: set BLOODLIB_DATA to the datasets folder.")
+    return wc.protocol_split(pbc, TASK, run.knobs, 0)["test"]
+
+
 def main(out_dir: str, names: list[str]) -> None:
-    evals, test = {}, None
+    evals, parts, test = {}, {}, None
     for name in names:
         predictor = load_predictor(name, task="classify")
         size = int(predictor.meta["input_size"][0])
         crop = float(predictor.meta["preprocessing"].get("crop_fraction", 1.0))
-        run = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
-                            verbose=False, image_size=size, crop_fraction=crop)
-        pbc, _ = wc.drop_conflicting(wc.load_pbc_images(run.knobs, run.output_dir, 0))
-        if pbc.source == "synthetic":
-            raise SystemExit("PBC not found: set BLOODLIB_DATA to the datasets folder.")
-        part = wc.protocol_split(pbc, TASK, run.knobs, 0)["test"]
+        if (size, crop) not in parts:                   # load each preprocessing once
+            parts[size, crop] = test_part(out_dir, size, crop)
+        part = parts[size, crop]
         if test is not None and [p.name for p in part.paths] != [p.name for p in test.paths]:
             raise SystemExit(f"{name}: its test split differs from the first model's.")
         test = part

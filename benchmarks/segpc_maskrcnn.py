@@ -11,7 +11,6 @@ AP), writing the results JSON under OUT_DIR/results. Two models can train side b
 Arguments: MODEL BUDGET_S THREADS OUT_DIR [KEY=VALUE ...] (profile knob overrides,
 Python literals, e.g. ``max_val_images=20``).
 """
-import ast
 import resource
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 import torch
 
 from bloodlib import session
+from bloodlib.config import parse_overrides
 from bloodlib.experiments import blood_cancer as bc
 
 
@@ -54,7 +54,7 @@ def main(model: str, budget: float, threads: int, out_dir: str, **overrides) -> 
 if __name__ == "__main__":
     if len(sys.argv) < 5:
         raise SystemExit(__doc__)
-    over = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[5:])}
+    over = parse_overrides(sys.argv[5:])
     t0 = time.time()
     main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], **over)
     print(f"total wall {time.time() - t0:.0f} s")

@@ -11,12 +11,11 @@ writes no results JSON: the committed numbers come from the notebook.
 ``train_on_val=True`` trains on train + validation (the best epoch is then picked on
 images the model trained on; the test images stay untouched).
 """
-import ast
 import resource
 import sys
 import tempfile
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_profile, parse_overrides
 from bloodlib.experiments import wbc_segmentation as wcs
 
 SEED = 0
@@ -47,5 +46,4 @@ def main(name: str, overrides: dict) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    main(sys.argv[1], {k: ast.literal_eval(v) if v[:1] in "0123456789-[{('\"" or v in (
-        "True", "False", "None") else v for k, v in (a.split("=", 1) for a in sys.argv[2:])})
+    main(sys.argv[1], parse_overrides(sys.argv[2:]))

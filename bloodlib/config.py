@@ -12,8 +12,9 @@ cell only chooses the profile name and may override single knobs.
 
 from __future__ import annotations
 
+import ast
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 PROFILE_NAMES = ("quick", "bench_cpu", "full")
 
@@ -58,3 +59,18 @@ def get_profile(experiment: str, profile: str = "quick", **overrides: Any) -> Ma
     knobs.update({k: v for k, v in overrides.items() if v is not None})
     knobs["profile"] = profile
     return MappingProxyType(knobs)
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line arguments as knob overrides: each value read as a Python
+    literal (``0.1``, ``True``, ``None``, ``[1, 2]``) where it is one, else kept as text."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Override {arg!r} is not KEY=VALUE (for example lr=0.05).")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out

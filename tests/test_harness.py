@@ -99,3 +99,11 @@ def test_cli_parses_commands():
     assert args.notebooks == ["00"] and args.profile == "quick"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--profile", "fast"])
+
+
+def test_parse_overrides_reads_literals_and_keeps_text():
+    from bloodlib.config import parse_overrides
+    assert parse_overrides(["lr=0.1", "tta=None", "mix=mixup", "sizes=[1, 2]", "x=.5"]) == {
+        "lr": 0.1, "tta": None, "mix": "mixup", "sizes": [1, 2], "x": 0.5}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["lr"])

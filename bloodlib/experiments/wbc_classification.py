@@ -84,7 +84,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import register
 from ..data.parsers.pbc import PBC_CLASSES
@@ -108,7 +108,8 @@ _COMMON = {"crop_fraction": 1.0, "small_input": None, "batch_size": 64, "optimiz
            "lr": 0.05,
            "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1,
            "warmup_fraction": 0.05, "min_lr_fraction": 0.0, "color_jitter": 0.1,
-           "scale_jitter": 0.0, "mix": None, "mix_alpha": 0.2, "dropout": 0.0, "cnn_width": 1.0, "pretrained": False,
+           "scale_jitter": 0.0, "mix": None, "mix_alpha": 0.2, "dropout": 0.0,
+           "cnn_width": 1.0, "pretrained": False,
            "allow_download": False, "num_workers": 0, "val_fraction": 0.1,
            "wbc5_models": ["cnn", "resnet18", "hybrid_resnet18"], "pbc8_model": "resnet18",
            "protocols": ["paper1_80_20", "paper2_300_100_100"],
@@ -369,7 +370,6 @@ class BatchMix:
                                                                  num_classes=int(num_classes))
 
     def __call__(self, batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        from torch.utils.data import default_collate
         return self.mix(*default_collate(batch))
 
 

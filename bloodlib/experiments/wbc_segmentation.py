@@ -481,12 +481,9 @@ def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n
     """Paper 5's Figure 7: original / ground truth / prediction (paper colours) for ``n``
     records (round-robin over the types), at the model's input size."""
     import matplotlib.pyplot as plt
-    from ..engine.trainer import predict_segmentation
     knobs = knobs or {"image_size": 120, "batch_size": 16}
     recs = take_subset(records, n, seed)
-    ds = make_dataset(recs, knobs, train=False)
-    images, masks = zip(*(ds[i] for i in range(len(ds))))
-    preds = predict_segmentation(model, torch.stack(images))
+    images, masks, preds = _predict_records(model, recs, knobs)
     fig, axes = plt.subplots(len(recs), 3, figsize=(6.3, 2.1 * len(recs)), squeeze=False)
     for i, r in enumerate(recs):
         for ax, im, t in zip(axes[i], (images[i].permute(1, 2, 0).numpy(),
@@ -498,15 +495,22 @@ def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n
     return _finish_with_legend(fig, title, bottom=0.04)
 
 
-def _nucleus_masks(model: torch.nn.Module, records: Sequence[MaskedImage],
-                   knobs: Mapping[str, Any], device: Any = None):
-    """(images, true nucleus masks, predicted nucleus masks) at the model's input size."""
+def _predict_records(model: torch.nn.Module, records: Sequence[MaskedImage],
+                     knobs: Mapping[str, Any], device: Any = None):
+    """(images, true class masks, predicted class masks) at the model's input size."""
     from ..engine.trainer import predict_segmentation
     ds = make_dataset(records, knobs, train=False)
     images, masks = zip(*(ds[i] for i in range(len(ds))))
     images = torch.stack(images)
     preds = predict_segmentation(model, images, device, int(knobs.get("batch_size", 16)))
-    return images, torch.stack(masks) > 0, preds > 0
+    return images, torch.stack(masks), preds
+
+
+def _nucleus_masks(model: torch.nn.Module, records: Sequence[MaskedImage],
+                   knobs: Mapping[str, Any], device: Any = None):
+    """(images, true nucleus masks, predicted nucleus masks): any nucleus class vs the rest."""
+    images, masks, preds = _predict_records(model, records, knobs, device)
+    return images, masks > 0, preds > 0
 
 
 def boundary_error_table(models: Mapping[str, torch.nn.Module], records: Sequence[MaskedImage],

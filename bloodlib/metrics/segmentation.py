@@ -139,28 +139,20 @@ def boundary_band_errors(pred_masks: Any, gt_masks: Any, bands: Sequence[int] = 
     if p.shape != g.shape:
         raise MaskError(f"Mask shapes differ: predictions {p.shape} vs ground truth {g.shape}; "
                         "pass one prediction per ground-truth mask, at the same size.")
-    bands = sorted(int(b) for b in bands)
-    tp = fp = fn = 0
-    near = {b: 0 for b in bands}
-    kept = {b: np.zeros(3, np.int64) for b in bands}
-    for pi, gi in zip(p, g):
-        dist = _boundary_distance(gi)
-        counts = [(pi & gi), (pi & ~gi), (~pi & gi)]
-        tp, fp, fn = tp + counts[0].sum(), fp + counts[1].sum(), fn + counts[2].sum()
-        for b in bands:
-            band = dist <= b
-            near[b] += int((counts[1] & band).sum() + (counts[2] & band).sum())
-            kept[b] += [int((c & ~band).sum()) for c in counts]
-    errors = int(fp + fn)
-
-    def dice(t: int, f_p: int, f_n: int) -> float:
-        return float(2 * t / (2 * t + f_p + f_n)) if (t + f_p + f_n) else float("nan")
-
-    out = {"dice": dice(tp, fp, fn), "error_pixels": float(errors)}
-    for b in bands:
-        out[f"within_{b}px"] = near[b] / errors if errors else float("nan")
-        out[f"dice_outside_{b}px"] = dice(*kept[b])
+    dist = np.stack([_boundary_distance(gi) for gi in g]) if len(g) else np.zeros(g.shape)
+    errors = int((p ^ g).sum())
+    out = {"dice": _dice(p, g), "error_pixels": float(errors)}
+    for b in sorted(int(b) for b in bands):
+        outside = dist > b
+        out[f"within_{b}px"] = 1 - ((p ^ g) & outside).sum() / errors if errors else float("nan")
+        out[f"dice_outside_{b}px"] = _dice(p & outside, g & outside)
     return out
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean arrays, pooled over all their pixels (NaN when both are empty)."""
+    total = int(pred.sum() + truth.sum())
+    return float(2 * (pred & truth).sum() / total) if total else float("nan")
 
 
 def _iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
