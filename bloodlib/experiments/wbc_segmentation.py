@@ -506,8 +506,8 @@ def _predict_records(model: torch.nn.Module, records: Sequence[MaskedImage],
     return images, torch.stack(masks), preds
 
 
-def _nucleus_masks(model: torch.nn.Module, records: Sequence[MaskedImage],
-                   knobs: Mapping[str, Any], device: Any = None):
+def nucleus_masks(model: torch.nn.Module, records: Sequence[MaskedImage],
+                  knobs: Mapping[str, Any], device: Any = None):
     """(images, true nucleus masks, predicted nucleus masks): any nucleus class vs the rest."""
     images, masks, preds = _predict_records(model, records, knobs, device)
     return images, masks > 0, preds > 0
@@ -523,7 +523,7 @@ def boundary_error_table(models: Mapping[str, torch.nn.Module], records: Sequenc
     from ..metrics.segmentation import boundary_band_errors
     rows = {}
     for name, model in models.items():
-        _, truth, pred = _nucleus_masks(model, records, knobs, device)
+        _, truth, pred = nucleus_masks(model, records, knobs, device)
         rows[MODEL_LABELS.get(name, name)] = boundary_band_errors(pred, truth, bands)
     table = pd.DataFrame(rows).T.rename(columns={"dice": "nucleus_dice"})
     first = ["nucleus_dice", "error_pixels", *(f"within_{b}px" for b in sorted(bands))]
@@ -535,7 +535,7 @@ def worst_images_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
     """The ``n`` records with the lowest nucleus Dice: the image with the annotated nucleus
     outline (green) and the predicted one (red)."""
     import matplotlib.pyplot as plt
-    images, truth, pred = _nucleus_masks(model, records, knobs, device)
+    images, truth, pred = nucleus_masks(model, records, knobs, device)
     inter = (truth & pred).flatten(1).sum(1).double()
     total = (truth.flatten(1).sum(1) + pred.flatten(1).sum(1)).double()
     dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
