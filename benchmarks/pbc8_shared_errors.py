@@ -3,7 +3,10 @@
 Loads each named model from the model store (``BLOODLIB_MODELS``), rebuilds paper 1's
 80/20 split at the model's own input size and crop (the split does not depend on them),
 evaluates with the model's test-time augmentation and prints, then writes to
-OUT_DIR/shared_errors.csv, :func:`bloodlib.experiments.wbc_classification.shared_errors`:
+OUT_DIR/shared_errors.csv, :func:`bloodlib.experiments.wbc_classification.shared_errors`
+with an ``ensemble`` column: the prediction of the models' soft-vote ensemble
+(:func:`~bloodlib.experiments.wbc_classification.ensemble`) where it is wrong. The
+ensemble's accuracy is printed and its mistakes drawn in OUT_DIR/ensemble_errors.png:
 
     python benchmarks/pbc8_shared_errors.py outputs/pbc8 \\
         pbc8-resnet18-bench_cpu pbc8-resnet18-probe28 pbc8-resnet18-probe96
@@ -45,11 +48,20 @@ def main(out_dir: str, names: list[str]) -> None:
         print(f"{name}: {size} px, test accuracy {evals[name].report.accuracy:.4f} "
               f"({len(evals[name].wrong)} wrong)", flush=True)
     table = wc.shared_errors(evals, test)
+    vote = wc.ensemble(evals)
+    missed = {Path(test.paths[i]).name: vote.classes[vote.y_pred[i]] for i in vote.wrong}
+    table["ensemble"] = [missed.get(name, "") for name in table["image"]]
     print(table.to_string(index=False))
     print("images wrong in k models:", table["n_wrong"].value_counts().sort_index().to_dict())
+    print(f"soft-vote ensemble of {len(evals)}: test accuracy {vote.report.accuracy:.4f} "
+          f"({len(vote.wrong)} wrong), macro F1 {vote.report.macro['f1']:.4f}")
     out = Path(out_dir) / "shared_errors.csv"
     table.to_csv(out, index=False)
-    print("written:", out)
+    fig = wc.misclassified_figure(vote, test, n=len(vote.wrong), per_row=6,
+                                  title=f"The {len(vote.wrong)} test images the ensemble of "
+                                        f"{len(evals)} models misses")
+    fig.savefig(Path(out_dir) / "ensemble_errors.png", dpi=80, bbox_inches="tight")
+    print("written:", out, Path(out_dir) / "ensemble_errors.png")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,33 @@ def test_shared_errors_lists_the_images_several_models_miss():
         wc.shared_errors({"a": a}, data.subset(range(5)))
 
 
+def _probs_eval(probs, y_true):
+    probs = np.asarray(probs, float)
+    return wc.Evaluation(None, probs, np.asarray(y_true), probs.argmax(1), 1.0, list(CLASSES3))
+
+
+def test_ensemble_averages_probabilities_and_reports_on_the_mean():
+    y = [0, 1, 2]
+    a = _probs_eval([[0.4, 0.6, 0.0], [0.0, 1.0, 0.0], [0.0, 0.2, 0.8]], y)  # misses image 0
+    b = _probs_eval([[0.9, 0.1, 0.0], [0.0, 0.3, 0.7], [0.0, 0.0, 1.0]], y)  # misses image 1
+    ens = wc.ensemble({"a": a, "b": b})
+    np.testing.assert_allclose(ens.probs[0], [0.65, 0.35, 0.0])
+    assert list(ens.y_pred) == [0, 1, 2] and ens.report.accuracy == pytest.approx(1.0)
+    assert ens.seconds == pytest.approx(2.0) and ens.classes == list(CLASSES3)
+    with pytest.raises(ValueError, match="same set"):
+        wc.ensemble({"a": a, "c": _probs_eval(b.probs, [0, 1, 1])})
+    with pytest.raises(ValueError, match="at least one"):
+        wc.ensemble({})
+
+
+def test_misclassified_figure_wraps_rows():
+    labels = ["eosinophil"] * 4 + ["lymphocyte"] * 3 + ["neutrophil"] * 3
+    ev = wc.evaluate(_Oracle(3), _coded(labels, wrong={0, 1, 2, 5, 8}), CLASSES3)
+    fig = wc.misclassified_figure(ev, _coded(labels), n=16, per_row=2)
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert len(fig.axes) == 6 and len(titled) == 5
+
+
 def test_progress_cosine_schedule(monkeypatch):
     sched = wc.ProgressCosine(100, None, warmup=0.1, min_fraction=0.0)
     assert sched(0) < sched(5) < sched(10) == pytest.approx(1.0)
