@@ -26,14 +26,11 @@ SEED = 0
 CLEANUP_SIZES = (0, 16, 32, 64, 128)
 
 
-def cleaned_dice(model, records, knobs, size: int) -> float:
+def cleaned_dice(truth: np.ndarray, pred: np.ndarray, size: int) -> float:
     """Nucleus Dice after removing predicted objects and holes under ``size`` pixels."""
-    _, truth, pred = wcs.nucleus_masks(model, records, knobs)
-    pred = pred.numpy()
     if size:
         pred = np.stack([remove_small_holes(remove_small_objects(p, max_size=size - 1),
                                             max_size=size - 1) for p in pred])
-    truth = truth.numpy()
     return float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
 
 
@@ -43,8 +40,7 @@ def main(checkpoint_dir: str, dataset: str) -> None:
         included, _, source = wcs.load_or_synthesize(dataset, knobs, tmp, SEED)
     if source == "synthetic":
         raise SystemExit("Zheng data not found: set BLOODLIB_DATA to the datasets folder.")
-    outer = wcs.split_records(included, SEED, 0.2, knobs["min_count"])
-    inner = wcs.split_records(outer.train, SEED, knobs["val_fraction"], knobs["min_count"])
+    parts = wcs.train_val_test(included, knobs, SEED)
     models = {}
     for name in wcs.MODELS:
         path = Path(checkpoint_dir) / f"{name}_{dataset}.pt"
@@ -52,11 +48,13 @@ def main(checkpoint_dir: str, dataset: str) -> None:
             raise SystemExit(f"{path} not found: run notebook 05 (make bench NOTEBOOKS=05) first.")
         models[name] = wcs.build_model(name, knobs)
         load_checkpoint(path, models[name])
-    print(wcs.boundary_error_table(models, outer.test, knobs).round(4).to_string())
+    print(wcs.boundary_error_table(models, parts["test"], knobs).round(4).to_string())
     for name, model in models.items():
-        for part, records in (("val", inner.test), ("test", outer.test)):
+        for part in ("val", "test"):
+            _, truth, pred = wcs.nucleus_masks(model, parts[part], knobs)  # predict once
             print(f"{name} {part} cleaned nucleus Dice: " + " ".join(
-                f"{n}:{cleaned_dice(model, records, knobs, n):.4f}" for n in CLEANUP_SIZES))
+                f"{n}:{cleaned_dice(truth.numpy(), pred.numpy(), n):.4f}"
+                for n in CLEANUP_SIZES))
 
 
 if __name__ == "__main__":

@@ -32,15 +32,14 @@ def main(name: str, overrides: dict) -> None:
         included, _, source = wcs.load_or_synthesize("jiangxi", knobs, tmp, SEED)
     if source == "synthetic":
         raise SystemExit("Zheng data not found: set BLOODLIB_DATA to the datasets folder.")
-    outer = wcs.split_records(included, SEED, 0.2, knobs["min_count"])
-    inner = wcs.split_records(outer.train, SEED, knobs["val_fraction"], knobs["min_count"])
-    train = inner.train + inner.test if train_on_val else inner.train
-    print(f"train {len(train)}, val {len(inner.test)}, test {len(outer.test)}; "
+    parts = wcs.train_val_test(included, knobs, SEED)
+    train = parts["train"] + parts["val"] if train_on_val else parts["train"]
+    print(f"train {len(train)}, val {len(parts['val'])}, test {len(parts['test'])}; "
           f"training seed {train_seed}; {overrides}")
-    model, history, val = wcs.train_model(name, train, inner.test, knobs, "cpu", train_seed,
+    model, history, val = wcs.train_model(name, train, parts["val"], knobs, "cpu", train_seed,
                                           dataset="jiangxi")
     for tta in (None, "dihedral"):
-        m = wcs.evaluate(model, outer.test, {**knobs, "tta": tta}, "cpu")
+        m = wcs.evaluate(model, parts["test"], {**knobs, "tta": tta}, "cpu")
         print(f"tta={tta}: " + " ".join(f"{k} {m[k]:.4f}" for k in
                                          ("nucleus_dice", "dice", "mIoU", "precision", "accuracy")))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -70,6 +70,16 @@ def test_split_deterministic_stratified_and_small_classes_in_train():
     assert [r.image_path for r in c.test] != [r.image_path for r in a.test]
 
 
+def test_train_val_test_splits_train_again_for_validation():
+    recs = _fake(["neutrophil"] * 50 + ["lymphocyte"] * 20 + ["basophil"])
+    parts = wcs.train_val_test(recs, {"val_fraction": 0.15, "min_count": 2}, seed=0)
+    names = {k: {r.image_path for r in v} for k, v in parts.items()}
+    assert sum(map(len, names.values())) == len(recs)
+    assert names["train"].isdisjoint(names["val"]) and names["val"].isdisjoint(names["test"])
+    assert names["test"] == {r.image_path for r in wcs.split_records(recs, 0).test}
+    assert len(parts["test"]) == 14 and 0 < len(parts["val"]) < len(parts["train"])
+
+
 def test_take_subset_keeps_every_class():
     recs = _fake(["neutrophil"] * 30 + ["lymphocyte"] * 5 + ["basophil"] * 2)
     sub = wcs.take_subset(recs, 6, seed=0)

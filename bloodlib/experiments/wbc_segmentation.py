@@ -180,6 +180,15 @@ def split_records(records: Sequence[MaskedImage], seed: int = 0, test_fraction: 
                        dict(sorted(small.items())))
 
 
+def train_val_test(records: Sequence[MaskedImage], knobs: Mapping[str, Any],
+                   seed: int = 0) -> dict[str, list[MaskedImage]]:
+    """The notebooks' split: :func:`split_records` 80:20 into train and test (paper 5),
+    then ``knobs["val_fraction"]`` of train for validation, both stratified by label."""
+    outer = split_records(records, seed, 0.2, knobs["min_count"])
+    inner = split_records(outer.train, seed, knobs["val_fraction"], knobs["min_count"])
+    return {"train": inner.train, "val": inner.test, "test": outer.test}
+
+
 def take_subset(records: Sequence[MaskedImage], n: Optional[int], seed: int = 0) -> list[MaskedImage]:
     """At most ``n`` records, drawn round-robin over the classes (each class shuffled with
     ``seed``) so that every class stays represented; the original order is kept."""
