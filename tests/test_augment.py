@@ -44,6 +44,23 @@ def test_single_augmentations(name):
     assert _aligned(out_image, out_mask) > 0.97
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_extras_keep_alignment_and_jitter_only_the_image(seed):
+    image, mask = _sample()
+    aug = AlbumentationsSegmentation(paper5_augmentation(seed=seed, vertical_flip=True,
+                                                         color_jitter=0.1))
+    out_image, out_mask = aug(image, mask)
+    assert set(np.unique(out_mask)) <= {0, 1, 3}
+    assert _aligned(out_image, out_mask) > 0.95
+    flips = [t for t in paper5_augmentation(vertical_flip=True).transforms
+             if type(t).__name__ == "VerticalFlip"]
+    assert len(flips) == 1
+    jitter_only = AlbumentationsSegmentation(paper5_augmentation(
+        p=1.0, rotation=0, shift=0, shear=0, zoom=0, horizontal_flip=False, color_jitter=0.3,
+        seed=seed))
+    assert np.array_equal(jitter_only(image, mask)[1], mask)
+
+
 def test_seed_reproducible():
     image, mask = _sample()
     a = AlbumentationsSegmentation(paper5_augmentation(seed=3))(image, mask)

@@ -133,6 +133,28 @@ def test_cosine_schedule_and_loss_choice():
     assert type(wcs.build_training_loss({"loss": "ce_dice"})).__name__ == "CEDiceLoss"
 
 
+def test_augment_p_share_of_augmented_training_images(records):
+    inc, _ = wcs.filter_paper5(records)
+    knobs = {"image_size": 32}
+    plain = wcs.make_dataset(inc[:4], knobs, train=False)
+    never = wcs.make_dataset(inc[:4], {**knobs, "augment_p": 0.0}, train=True)
+    always = wcs.make_dataset(inc[:4], {**knobs, "augment_p": 1.0}, train=True)
+    for i in range(4):
+        assert torch.equal(never[i][0], plain[i][0]) and torch.equal(never[i][1], plain[i][1])
+    assert any(not torch.equal(always[i][0], plain[i][0]) for i in range(4))
+
+
+def test_wcsegnet_dropout_knob_sets_every_dropout():
+    def rates(knobs):
+        model = wcs.build_model("wcsegnet", {"width": 0.125, **knobs})
+        return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    assert rates({}) == {0.5}  # paper 5 gives no rate: the Keras U-Net convention
+    assert rates({"wcsegnet_dropout": 0.1}) == {0.1}
+    unet = wcs.build_model("unet_relu", {"width": 0.125, "wcsegnet_dropout": 0.1})
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in unet.modules())
+
+
 def test_wbc_crop_centres_cell_and_pads_at_borders():
     img = np.zeros((100, 140, 3), np.uint8)
     lab = np.zeros((100, 140), np.uint8)

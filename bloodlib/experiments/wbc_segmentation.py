@@ -218,10 +218,15 @@ def class_counts(parts: Mapping[str, Sequence[MaskedImage]]) -> pd.DataFrame:
 def make_dataset(records: Sequence[MaskedImage], knobs: Mapping[str, Any], train: bool = False,
                  seed: int = 0, decode: Optional[Callable[[MaskedImage], np.ndarray]] = None):
     """A :class:`SegmentationDataset` with paper 5's masks (or ``decode``'s), resized to
-    ``image_size``; with ``train`` and ``knobs["augment"]`` paper 5's augmentation."""
+    ``image_size``; with ``train`` and ``knobs["augment"]`` paper 5's augmentation, applied
+    to a share ``augment_p`` of the images (default 1.0: every image, as Keras does), with
+    the optional extras ``vertical_flip`` and ``color_jitter`` (off by default)."""
     from ..data.datasets import SegmentationDataset
     from ..transforms.augment import AlbumentationsSegmentation, paper5_augmentation
-    tf = AlbumentationsSegmentation(paper5_augmentation(shear=knobs.get("shear", 0.2), seed=seed)) \
+    tf = AlbumentationsSegmentation(paper5_augmentation(
+        p=float(knobs.get("augment_p", 1.0)), shear=knobs.get("shear", 0.2), seed=seed,
+        vertical_flip=bool(knobs.get("vertical_flip", False)),
+        color_jitter=float(knobs.get("color_jitter", 0.0)))) \
         if train and knobs.get("augment", True) else None
     return SegmentationDataset(records, decode=decode or paper5_mask, transforms=tf,
                                size=int(knobs["image_size"]))
@@ -291,8 +296,12 @@ def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapp
 def build_model(name: str, knobs: Mapping[str, Any], width: Optional[float] = None) -> torch.nn.Module:
     """One of :data:`MODELS` with 4 output classes at ``width`` (default the profile's)."""
     from ..models.segmentation_zoo import build_segmentation_model
+    extra = {}
+    if name == "wcsegnet" and knobs.get("wcsegnet_dropout") is not None:
+        extra["dropout"] = float(knobs["wcsegnet_dropout"])
     return build_segmentation_model(name, int(knobs.get("num_classes", 4)),
-                                    width=float(knobs["width"] if width is None else width))
+                                    width=float(knobs["width"] if width is None else width),
+                                    **extra)
 
 
 def build_training_loss(knobs: Mapping[str, Any]) -> torch.nn.Module:

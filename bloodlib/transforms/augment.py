@@ -51,13 +51,21 @@ def _affine(rotate: float = 0.0, shift_x: float = 0.0, shift_y: float = 0.0,
 
 def paper5_augmentation(p: float = 1.0, rotation: float = 40.0, shift: float = 0.2,
                         shear: float = 0.2, zoom: float = 0.2,
-                        horizontal_flip: bool = True, seed: Optional[int] = None) -> A.Compose:
+                        horizontal_flip: bool = True, seed: Optional[int] = None,
+                        vertical_flip: bool = False, color_jitter: float = 0.0) -> A.Compose:
     """Paper 5's augmentation (Keras semantics, see the module docstring); applied with
     probability ``p``; ``seed`` makes the random draws reproducible.
+    ``vertical_flip`` and ``color_jitter`` (brightness / contrast / saturation range; the
+    image only) are extras beyond the paper, off by default.
     Call as ``t(image=img, mask=mask)`` or wrap in :class:`AlbumentationsSegmentation`."""
     steps: list[Any] = [_affine(rotation, shift, shift, shear, zoom)]
     if horizontal_flip:
         steps.append(A.HorizontalFlip(p=0.5))
+    if vertical_flip:
+        steps.append(A.VerticalFlip(p=0.5))
+    if color_jitter > 0:
+        steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
+                                   saturation=color_jitter, hue=color_jitter / 5, p=0.5))
     return A.Compose(steps, p=p, seed=seed)
 
 
