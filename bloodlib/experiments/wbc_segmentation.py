@@ -223,11 +223,12 @@ def make_dataset(records: Sequence[MaskedImage], knobs: Mapping[str, Any], train
     the optional extras ``vertical_flip`` and ``color_jitter`` (off by default)."""
     from ..data.datasets import SegmentationDataset
     from ..transforms.augment import AlbumentationsSegmentation, paper5_augmentation
-    tf = AlbumentationsSegmentation(paper5_augmentation(
-        p=float(knobs.get("augment_p", 1.0)), shear=knobs.get("shear", 0.2), seed=seed,
-        vertical_flip=bool(knobs.get("vertical_flip", False)),
-        color_jitter=float(knobs.get("color_jitter", 0.0)))) \
-        if train and knobs.get("augment", True) else None
+    tf = None
+    if train and knobs.get("augment", True):
+        tf = AlbumentationsSegmentation(paper5_augmentation(
+            p=float(knobs.get("augment_p", 1.0)), shear=knobs.get("shear", 0.2), seed=seed,
+            vertical_flip=bool(knobs.get("vertical_flip", False)),
+            color_jitter=float(knobs.get("color_jitter", 0.0))))
     return SegmentationDataset(records, decode=decode or paper5_mask, transforms=tf,
                                size=int(knobs["image_size"]))
 

@@ -49,6 +49,13 @@ def _affine(rotate: float = 0.0, shift_x: float = 0.0, shift_y: float = 0.0,
                     p=1.0)
 
 
+def _color_jitter(amount: float) -> A.ColorJitter:
+    """Brightness / contrast / saturation within +-``amount``, hue a fifth of it; half the
+    time. Changes the image only."""
+    return A.ColorJitter(brightness=amount, contrast=amount, saturation=amount,
+                         hue=amount / 5, p=0.5)
+
+
 def paper5_augmentation(p: float = 1.0, rotation: float = 40.0, shift: float = 0.2,
                         shear: float = 0.2, zoom: float = 0.2,
                         horizontal_flip: bool = True, seed: Optional[int] = None,
@@ -64,8 +71,7 @@ def paper5_augmentation(p: float = 1.0, rotation: float = 40.0, shift: float = 0
     if vertical_flip:
         steps.append(A.VerticalFlip(p=0.5))
     if color_jitter > 0:
-        steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                                   saturation=color_jitter, hue=color_jitter / 5, p=0.5))
+        steps.append(_color_jitter(color_jitter))
     return A.Compose(steps, p=p, seed=seed)
 
 
@@ -87,8 +93,7 @@ def cell_classification_augmentation(color_jitter: float = 0.1) -> A.Compose:
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.RandomRotate90(p=1.0),
-        A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                      saturation=color_jitter, hue=color_jitter / 5, p=0.5),
+        _color_jitter(color_jitter),
     ])
 
 
