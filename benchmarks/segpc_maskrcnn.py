@@ -9,7 +9,8 @@ AP), writing the results JSON under OUT_DIR/results. Two models can train side b
     python benchmarks/segpc_maskrcnn.py rmaskrcnn 2700 1 outputs/bench03/rmaskrcnn
 
 Arguments: MODEL BUDGET_S THREADS OUT_DIR [KEY=VALUE ...] (profile knob overrides,
-Python literals, e.g. ``max_val_images=20``).
+Python literals, e.g. ``max_val_images=20``; ``seed=N`` changes the training seed,
+default 0: initial weights and batch order).
 """
 import resource
 import sys
@@ -22,16 +23,17 @@ from bloodlib.config import parse_overrides
 from bloodlib.experiments import blood_cancer as bc
 
 
-def main(model: str, budget: float, threads: int, out_dir: str, **overrides) -> None:
+def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
+         **overrides) -> None:
     torch.set_num_threads(threads)
-    run = session.start("blood_cancer", profile="bench_cpu", seed=0, output_dir=out_dir,
+    run = session.start("blood_cancer", profile="bench_cpu", seed=seed, output_dir=out_dir,
                         time_budget_s=budget, **overrides)
     knobs = run.knobs
     data = bc.load_data(knobs, run.output_dir, 0)
     if data["source"] == "synthetic":
         raise SystemExit("SegPC-2021 not found: set BLOODLIB_DATA to the datasets folder.")
     ev = bc.make_eval_set(data["val"], int(knobs["image_size"]))
-    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, 0)
+    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, seed)
     m, log = out["metrics"], out["log"]
     print({k: round(float(v), 4) for k, v in m.items()})
     print(f"{log.steps} steps in {log.seconds:.0f} s (stop: {log.stop_reason})")

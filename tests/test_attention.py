@@ -64,3 +64,19 @@ def test_attention_backpropagates():
     x = torch.randn(2, 4, 5, 5, requires_grad=True)
     m(x).square().sum().backward()
     assert all(p.grad is not None for p in m.parameters()) and x.grad is not None
+
+
+def test_residual_attention_keeps_half_of_what_softmax_drops():
+    ca, sa = ChannelAttention(8, residual=True), SpatialAttention(4, residual=True)
+    x = torch.randn(2, 8, 5, 7)
+    assert torch.allclose(ca(x), x, atol=1e-6)  # still the identity untrained
+    with torch.no_grad():  # a collapsed softmax: every channel's weight on channel 0
+        ca.conv.bias.copy_(torch.tensor([50.0] + [0.0] * 7))
+    y = ca(x)
+    assert torch.allclose(y[:, 1:], x[:, 1:] / 2, atol=1e-5)
+    assert torch.allclose(y[:, :1], x[:, :1] * 4.5, atol=1e-5)  # (1 + 8) / 2
+    _randomise(sa)
+    z = torch.randn(3, 4, 6, 5)
+    assert torch.allclose(sa(z), z * (1 + 30 * sa.weights(z)) / 2)
+    built = build_attention("sa_ca", 4, residual=True)
+    assert all(m.residual for m in built)

@@ -121,3 +121,14 @@ def test_attention_maps_sum_to_one():
     sa = maps["fpn.fpn_attention.0.1"]
     assert ca.shape == (32,) and sa.shape == (16, 16)
     assert torch.isclose(ca.sum(), torch.tensor(1.0)) and torch.isclose(sa.sum(), torch.tensor(1.0))
+
+
+def test_residual_attention_reaches_every_module():
+    from bloodlib.models.attention import attention_modules
+    from bloodlib.models.rmaskrcnn import build_rmaskrcnn
+    model = build_rmaskrcnn(1, image_size=128, fpn_channels=32, mask_channels=32,
+                            residual_attention=True)
+    modules = attention_modules(model.backbone)
+    assert len(modules) == 2 * (4 + 3)  # CA and SA after F2..F5 and N3..N5
+    assert all(m.residual for m in modules.values())
+    assert model.bloodlib_config["residual_attention"] is True

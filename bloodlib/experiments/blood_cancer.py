@@ -64,7 +64,9 @@ _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fc
            "gan_crop": 64, "gan_batch": 8, "gan_noise_std": 0.04, "gan_channels": 32,
            "gan_blocks": 3, "cls_margin": 0.15, "cls_batch": 16, "cls_small_input": None,
            "qualitative_n": 3,
-           "detections_per_img": 50, "synthetic_images": 24, "lr_schedule": "constant"}
+           "detections_per_img": 50, "synthetic_images": 24, "lr_schedule": "constant",
+           # R-Mask R-CNN's attention multiplier: n * softmax, or (1 + n * softmax) / 2
+           "residual_attention": False}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,
           "mask_channels": 128, "pretrained_backbone": False,
@@ -316,7 +318,8 @@ def build_model(kind: str, knobs: Mapping[str, Any], variant: Optional[Mapping[s
     if kind == "maskrcnn":
         return build_plain_maskrcnn(1, **common)
     if kind == "rmaskrcnn":
-        return build_rmaskrcnn(1, **{**MAIN_VARIANT, **dict(variant or {})}, **common)
+        return build_rmaskrcnn(1, **{**MAIN_VARIANT, **dict(variant or {})},
+                               residual_attention=bool(knobs["residual_attention"]), **common)
     raise ValueError(f"Unknown model kind {kind!r}; choose 'maskrcnn' or 'rmaskrcnn'.")
 
 

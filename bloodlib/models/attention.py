@@ -10,7 +10,13 @@ The paper's softmax weights sum to one. Multiplying a feature map by them would 
 it by the number of channels (CA) or positions (SA), so each module multiplies by
 ``n * softmax`` instead: the weights keep their proportions (what the softmax decides)
 but average 1. The 1x1 convolutions start at zero, so every module starts as the
-identity and learns to depart from it. :meth:`weights` returns the raw softmax (sums to
+identity and learns to depart from it.
+
+With ``residual=True`` each module multiplies by ``(1 + n * softmax) / 2`` instead (the
+``(1 + M) * F`` of Wang et al.'s Residual Attention Network): still the identity at the
+start, but a feature the softmax gives no weight keeps half its strength. Trained from
+scratch, the plain form collapsed in the bottom-up path - one channel of 128 kept at N4
+and N5, the rest multiplied by ~0 - which the residual form cannot do. :meth:`weights` returns the raw softmax (sums to
 one), and each module keeps the weights of its last forward pass in ``last_weights``
 for the attention-map figures.
 """
@@ -29,6 +35,13 @@ __all__ = ["ATTENTION_KINDS", "ChannelAttention", "SpatialAttention", "Attention
 ATTENTION_KINDS = ("none", "ca", "sa", "ca_sa", "sa_ca")
 
 
+def _gate(weights: torch.Tensor, n: int, residual: bool) -> torch.Tensor:
+    """The multiplier for softmax ``weights`` over ``n`` entries: ``n * w``, or
+    ``(1 + n * w) / 2`` when ``residual``; both are 1 for uniform weights."""
+    scaled = weights * n
+    return (1 + scaled) / 2 if residual else scaled
+
+
 def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
     conv = nn.Conv2d(cin, cout, kernel_size=1)
     nn.init.zeros_(conv.weight)
@@ -37,11 +50,12 @@ def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
 
 
 class ChannelAttention(nn.Module):
-    """CA: ``x * C * softmax_c(conv1x1(avgpool(x)))`` for ``x`` of shape (B, C, H, W)."""
+    """CA: ``x * C * softmax_c(conv1x1(avgpool(x)))`` for ``x`` of shape (B, C, H, W)
+    (``residual``: ``x * (1 + C * softmax) / 2``)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, residual: bool = False) -> None:
         super().__init__()
-        self.channels = int(channels)
+        self.channels, self.residual = int(channels), bool(residual)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.conv = _zero_conv(self.channels, self.channels)
         self.last_weights: Optional[torch.Tensor] = None
@@ -53,15 +67,16 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights(x)
         self.last_weights = w.detach()
-        return x * (w * self.channels)
+        return x * _gate(w, self.channels, self.residual)
 
 
 class SpatialAttention(nn.Module):
-    """SA: ``x * HW * softmax_hw(conv1x1(x))`` — one weight per position, shared by channels."""
+    """SA: ``x * HW * softmax_hw(conv1x1(x))`` — one weight per position, shared by channels
+    (``residual``: ``x * (1 + HW * softmax) / 2``)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, residual: bool = False) -> None:
         super().__init__()
-        self.channels = int(channels)
+        self.channels, self.residual = int(channels), bool(residual)
         self.conv = _zero_conv(self.channels, 1)
         self.last_weights: Optional[torch.Tensor] = None
 
@@ -74,27 +89,26 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights(x)
         self.last_weights = w.detach()
-        return x * (w * (x.shape[-2] * x.shape[-1]))
+        return x * _gate(w, x.shape[-2] * x.shape[-1], self.residual)
 
 
 class AttentionSequence(nn.Sequential):
     """Attention modules applied one after the other (CA-SA: CA first; SA-CA: SA first)."""
 
 
-def build_attention(kind: str, channels: int) -> nn.Module:
-    """An attention module by name: ``none`` (identity), ``ca``, ``sa``, ``ca_sa``, ``sa_ca``."""
+def build_attention(kind: str, channels: int, residual: bool = False) -> nn.Module:
+    """An attention module by name: ``none`` (identity), ``ca``, ``sa``, ``ca_sa``, ``sa_ca``;
+    ``residual`` selects the ``(1 + n * softmax) / 2`` multiplier (module docstring)."""
     kind = str(kind).lower().replace("-", "_")
     if kind == "none":
         return nn.Identity()
-    if kind == "ca":
-        return ChannelAttention(channels)
-    if kind == "sa":
-        return SpatialAttention(channels)
-    if kind == "ca_sa":
-        return AttentionSequence(ChannelAttention(channels), SpatialAttention(channels))
-    if kind == "sa_ca":
-        return AttentionSequence(SpatialAttention(channels), ChannelAttention(channels))
-    raise ValueError(f"Unknown attention {kind!r}; choose one of {ATTENTION_KINDS}.")
+    parts = {"ca": (ChannelAttention,), "sa": (SpatialAttention,),
+             "ca_sa": (ChannelAttention, SpatialAttention),
+             "sa_ca": (SpatialAttention, ChannelAttention)}.get(kind)
+    if parts is None:
+        raise ValueError(f"Unknown attention {kind!r}; choose one of {ATTENTION_KINDS}.")
+    modules = [cls(channels, residual) for cls in parts]
+    return modules[0] if len(modules) == 1 else AttentionSequence(*modules)
 
 
 def attention_modules(module: nn.Module) -> dict[str, nn.Module]:

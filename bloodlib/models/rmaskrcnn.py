@@ -127,22 +127,23 @@ class AttentionFPN(nn.Module):
     maps (strides 4..32); output ``{"0".."3", "pool"}`` with ``out_channels`` each."""
 
     def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256,
-                 attention: str = "ca_sa", bottom_up: bool = True) -> None:
+                 attention: str = "ca_sa", bottom_up: bool = True,
+                 residual_attention: bool = False) -> None:
         super().__init__()
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"Unknown attention {attention!r}; choose one of {ATTENTION_KINDS}.")
         n = len(in_channels_list)
         self.attention, self.bottom_up, self.out_channels = attention, bool(bottom_up), out_channels
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels_list)
-        self.fpn_attention = nn.ModuleList(build_attention(attention, out_channels)
-                                           for _ in range(n))
+        self.fpn_attention = nn.ModuleList(
+            build_attention(attention, out_channels, residual_attention) for _ in range(n))
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
                                     for _ in range(n))
         if self.bottom_up:
             self.down = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
                                       for _ in range(n - 1))
-            self.bu_attention = nn.ModuleList(build_attention(attention, out_channels)
-                                              for _ in range(n - 1))
+            self.bu_attention = nn.ModuleList(
+                build_attention(attention, out_channels, residual_attention) for _ in range(n - 1))
         self.extra = LastLevelMaxPool()
         convs = [*self.lateral, *self.output, *(self.down if self.bottom_up else [])]
         for conv in convs:  # torchvision's FPN initialisation; attention convs stay at zero
@@ -269,7 +270,8 @@ def variant_name(attention: str = "ca_sa", bottom_up: bool = True,
 
 def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
                     attention: str = "ca_sa", bottom_up: bool = True,
-                    multiscale_mask_head: bool = True, pretrained_backbone: bool = False,
+                    multiscale_mask_head: bool = True, residual_attention: bool = False,
+                    pretrained_backbone: bool = False,
                     image_size: Optional[int] = None, fpn_channels: int = 256,
                     mask_channels: int = 256,
                     anchor_sizes: Sequence[Sequence[int]] = PAPER_ANCHOR_SIZES,
@@ -277,7 +279,8 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
                     **maskrcnn_kwargs: Any) -> MaskRCNN:
     """R-Mask R-CNN (or one of its ablation variants) for ``num_classes`` object classes.
 
-    ``image_size`` fixes torchvision's resize (``min_size = max_size = image_size``;
+    ``residual_attention`` gives every attention module the ``(1 + n * softmax) / 2``
+    multiplier (:mod:`bloodlib.models.attention`). ``image_size`` fixes torchvision's resize (``min_size = max_size = image_size``;
     default: torchvision's 800/1333). ``fpn_channels`` / ``mask_channels`` (256 in the
     paper's FPN) can be lowered for CPU runs: the mask head's 3x3 convolutions on every
     RoI dominate the cost of a training step at small image sizes. Other keyword arguments go to
@@ -289,7 +292,7 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
         raise ValueError(f"num_classes must be >= 1 (object classes, background excluded), "
                          f"got {num_classes}.")
     body, channels = backbone_body(backbone, pretrained_backbone)
-    fpn = AttentionFPN(channels, fpn_channels, attention, bottom_up)
+    fpn = AttentionFPN(channels, fpn_channels, attention, bottom_up, residual_attention)
     kwargs: dict[str, Any] = {"rpn_anchor_generator": paper_anchor_generator(anchor_sizes,
                                                                              aspect_ratios)}
     if image_size is not None:
@@ -308,6 +311,7 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
     model.bloodlib_config = {"architecture": "rmaskrcnn", "backbone": backbone,
                              "attention": attention, "bottom_up": bool(bottom_up),
                              "multiscale_mask_head": bool(multiscale_mask_head),
+                             "residual_attention": bool(residual_attention),
                              "num_classes": int(num_classes), "image_size": image_size,
                              "fpn_channels": fpn_channels, "mask_channels": mask_channels}
     return model
