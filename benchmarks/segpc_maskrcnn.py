@@ -10,7 +10,8 @@ AP), writing the results JSON under OUT_DIR/results. Two models can train side b
 
 Arguments: MODEL BUDGET_S THREADS OUT_DIR [KEY=VALUE ...] (profile knob overrides,
 Python literals, e.g. ``max_val_images=20``; ``seed=N`` changes the training seed,
-default 0: initial weights and batch order).
+default 0: initial weights and batch order; ``variant="seed 1"`` labels a second run of
+the same model, kept beside the first in results/reference and on the board).
 """
 import resource
 import sys
@@ -24,7 +25,7 @@ from bloodlib.experiments import blood_cancer as bc
 
 
 def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
-         **overrides) -> None:
+         variant: str = "", **overrides) -> None:
     torch.set_num_threads(threads)
     run = session.start("blood_cancer", profile="bench_cpu", seed=seed, output_dir=out_dir,
                         time_budget_s=budget, **overrides)
@@ -48,7 +49,7 @@ def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
                extra={"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
                       "n_train": len(data["train"]["images"]),
                       "n_val": len(data["val"]["images"]), "torch_threads": threads,
-                      "stop_reason": log.stop_reason})
+                      "stop_reason": log.stop_reason, **({"variant": variant} if variant else {})})
     bc.save_model(out["model"], run.output_dir / "checkpoints" / f"{model}.pt", knobs, m,
                   f"{data['source']}/train")
 

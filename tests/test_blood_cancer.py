@@ -83,6 +83,34 @@ def test_tiny_training_run_and_ablation(synth):
         bc.build_model("yolo", knobs)
 
 
+def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
+    coco, ev = synth
+    knobs = get_profile("blood_cancer", "quick", **{**TINY, "residual_attention": True})
+    r = bc.train_and_evaluate("rmaskrcnn", coco, ev, knobs, seed=0)
+    path = bc.save_model(r["model"], tmp_path / "r.pt", knobs, r["metrics"], "synthetic")
+    loaded = bc.load_model(path)
+    assert loaded.bloodlib_config == r["model"].bloodlib_config
+    assert loaded.bloodlib_config["residual_attention"] is True
+    for a, b in zip(loaded.state_dict().values(), r["model"].state_dict().values()):
+        assert torch.equal(a, b)
+    table = bc.attention_gate_table(loaded, ev.images[:2])
+    assert list(table["where"]) == ["FPN-AM F2", "FPN-AM F2", "FPN-AM F3", "FPN-AM F3",
+                                    "FPN-AM F4", "FPN-AM F4", "FPN-AM F5", "FPN-AM F5",
+                                    "B-U-AM N3", "B-U-AM N3", "B-U-AM N4", "B-U-AM N4",
+                                    "B-U-AM N5", "B-U-AM N5"]
+    assert list(table["attention"][:2]) == ["CA", "SA"] and table["residual"].all()
+    assert (table["entries"][::2] == 16).all()  # CA over fpn_channels
+    assert (table["min multiplier"] >= 0.5).all()  # the residual form's floor
+    assert table["share < 0.1"].between(0, 1).all()
+    assert (table["max n*softmax"] >= 1).all() and (table["median n*softmax"] > 0).all()
+    with pytest.raises(ValueError, match="attention modules"):
+        bc.attention_gate_table(bc.build_model("maskrcnn", knobs), ev.images[:1])
+    torch.save({"model_state": torch.nn.Conv2d(1, 1, 1).state_dict(), "meta": {"task": "segment"}},
+               tmp_path / "u.pt")
+    with pytest.raises(ValueError, match="not a Mask R-CNN"):
+        bc.load_model(tmp_path / "u.pt")
+
+
 def test_unet_and_fcm_baselines(synth):
     coco, ev = synth
     knobs = get_profile("blood_cancer", "quick", **TINY)

@@ -65,8 +65,9 @@ _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fc
            "gan_blocks": 3, "cls_margin": 0.15, "cls_batch": 16, "cls_small_input": None,
            "qualitative_n": 3,
            "detections_per_img": 50, "synthetic_images": 24, "lr_schedule": "constant",
-           # R-Mask R-CNN's attention multiplier: n * softmax, or (1 + n * softmax) / 2
-           "residual_attention": False}
+           # R-Mask R-CNN's attention multiplier: (1 + n * softmax) / 2, or the plain
+           # n * softmax (False), which collapsed to one channel at N4/N5 in bench_cpu runs
+           "residual_attention": True}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,
           "mask_channels": 128, "pretrained_backbone": False,
@@ -787,6 +788,46 @@ def pipeline_figure() -> Any:
     return _finish(fig)
 
 
+def _attention_place(name: str) -> str:
+    """``"fpn.bu_attention.1.0"`` -> ``"B-U-AM N4"`` (F2..F5 after FPN merges, N3..N5)."""
+    parts = name.split(".")
+    level = int(parts[2])
+    return f"FPN-AM F{level + 2}" if parts[1] == "fpn_attention" else f"B-U-AM N{level + 3}"
+
+
+@torch.no_grad()
+def attention_gate_table(model: nn.Module, images: Sequence[torch.Tensor],
+                         off_below: float = 0.1) -> pd.DataFrame:
+    """What each attention module of an R-Mask R-CNN does, averaged over ``images``: its
+    softmax times the entry count ``n`` (1 = uniform) - median, maximum, and the share of
+    channels (CA) or positions (SA) below ``off_below`` - and the smallest multiplier its
+    features get (:func:`~bloodlib.models.attention.gate`). A collapsed softmax reads as a
+    median near 0 and a maximum near ``n``; the plain multiplier then switches the other
+    entries off (minimum ~0), the residual one halves them (minimum 0.5)."""
+    from ..models.attention import ChannelAttention, attention_modules, gate
+    from ..models.rmaskrcnn import attention_maps
+    modules = attention_modules(model.backbone)
+    if not modules:
+        raise ValueError("attention_gate_table needs an R-Mask R-CNN with attention modules.")
+    stats: dict[str, list[tuple[float, ...]]] = {}
+    for image in images:
+        for name, w in attention_maps(model, image).items():
+            n, scaled = w.numel(), w.flatten() * w.numel()
+            floor = gate(w.flatten().min(), n, modules[name].residual)
+            stats.setdefault(name, []).append((n, float(scaled.median()), float(scaled.max()),
+                                               float((scaled < off_below).float().mean()),
+                                               float(floor)))
+    rows = []
+    for name, values in stats.items():
+        a = np.asarray(values)
+        rows.append({"where": _attention_place(name),
+                     "attention": "CA" if isinstance(modules[name], ChannelAttention) else "SA",
+                     "entries": int(a[0, 0]), "residual": modules[name].residual,
+                     "median n*softmax": a[:, 1].mean(), "max n*softmax": a[:, 2].mean(),
+                     f"share < {off_below}": a[:, 3].mean(), "min multiplier": a[:, 4].mean()})
+    return pd.DataFrame(rows)
+
+
 @torch.no_grad()
 def attention_figure(model: nn.Module, image: torch.Tensor, n_channels: int = 3) -> Any:
     """Paper 3's Figures 4-5 for a trained R-Mask R-CNN with CA-SA: the image, the spatial
@@ -949,7 +990,7 @@ def table1_figure(df: pd.DataFrame) -> Any:
 def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: Mapping[str, float],
                training_data: str) -> Path:
     """Save an R-Mask R-CNN / Mask R-CNN checkpoint with the course's model-store ``meta``
-    (task "detect"; ``architecture_kwargs`` rebuild it with :func:`build_model`)."""
+    (task "detect"; ``architecture_kwargs`` rebuild it, see :func:`load_model`)."""
     from datetime import date
     from ..engine.checkpoint import save_checkpoint
     cfg = dict(getattr(model, "bloodlib_config", {}))
@@ -960,3 +1001,21 @@ def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: M
         "preprocessing": {"clahe": False, "stain": None, "normalize": "imagenet"},
         "training_data": training_data, "metrics": finite(metrics),
         "created": date.today().isoformat()})
+
+
+def load_model(path: Any) -> nn.Module:
+    """A Mask R-CNN / R-Mask R-CNN saved by :func:`save_model`, rebuilt from its ``meta``
+    and in eval mode."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..models.rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    builders = {"rmaskrcnn": build_rmaskrcnn, "maskrcnn": build_plain_maskrcnn}
+    if meta.get("task") != "detect" or meta.get("architecture") not in builders:
+        raise ValueError(f"{path} is not a Mask R-CNN / R-Mask R-CNN checkpoint saved by "
+                         f"save_model (task {meta.get('task')!r}, architecture "
+                         f"{meta.get('architecture')!r}).")
+    kwargs = dict(meta["architecture_kwargs"])
+    model = builders[meta["architecture"]](kwargs.pop("num_classes"), **kwargs)
+    model.load_state_dict(ckpt["model_state"])
+    return model.eval()

@@ -28,14 +28,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["ATTENTION_KINDS", "ChannelAttention", "SpatialAttention", "AttentionSequence",
-           "build_attention", "attention_modules"]
+__all__ = ["ATTENTION_KINDS", "gate", "ChannelAttention", "SpatialAttention",
+           "AttentionSequence", "build_attention", "attention_modules"]
 
 #: Names accepted by :func:`build_attention` (paper 3's ablation: none, CA, SA, CA-SA, SA-CA).
 ATTENTION_KINDS = ("none", "ca", "sa", "ca_sa", "sa_ca")
 
 
-def _gate(weights: torch.Tensor, n: int, residual: bool) -> torch.Tensor:
+def gate(weights: torch.Tensor, n: int, residual: bool) -> torch.Tensor:
     """The multiplier for softmax ``weights`` over ``n`` entries: ``n * w``, or
     ``(1 + n * w) / 2`` when ``residual``; both are 1 for uniform weights."""
     scaled = weights * n
@@ -67,7 +67,7 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights(x)
         self.last_weights = w.detach()
-        return x * _gate(w, self.channels, self.residual)
+        return x * gate(w, self.channels, self.residual)
 
 
 class SpatialAttention(nn.Module):
@@ -89,7 +89,7 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights(x)
         self.last_weights = w.detach()
-        return x * _gate(w, x.shape[-2] * x.shape[-1], self.residual)
+        return x * gate(w, x.shape[-2] * x.shape[-1], self.residual)
 
 
 class AttentionSequence(nn.Sequential):
