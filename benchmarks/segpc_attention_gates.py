@@ -33,7 +33,8 @@ def main(out_dir: str, n_images: int, checkpoints: list[str]) -> None:
         table.to_csv(out / f"attention_gates_{i}.csv", index=False)
         with pd.option_context("display.width", 200, "display.max_columns", None,
                                "display.precision", 3):
-            print(f"== {path} ({len(ev.images)} validation images)\n{table.drop(columns='checkpoint')}")
+            print(f"== {path} ({len(ev.images)} validation images)")
+            print(table.drop(columns="checkpoint"))
 
 
 if __name__ == "__main__":

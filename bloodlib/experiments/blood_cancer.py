@@ -66,7 +66,7 @@ _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fc
            "qualitative_n": 3,
            "detections_per_img": 50, "synthetic_images": 24, "lr_schedule": "constant",
            # R-Mask R-CNN's attention multiplier: (1 + n * softmax) / 2, or the plain
-           # n * softmax (False), which collapsed to one channel at N4/N5 in bench_cpu runs
+           # n * softmax (False), which zeroed all but one channel at N4/N5 in bench_cpu runs
            "residual_attention": True}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,

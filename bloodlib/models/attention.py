@@ -15,10 +15,12 @@ identity and learns to depart from it.
 With ``residual=True`` each module multiplies by ``(1 + n * softmax) / 2`` instead (the
 ``(1 + M) * F`` of Wang et al.'s Residual Attention Network): still the identity at the
 start, but a feature the softmax gives no weight keeps half its strength. Trained from
-scratch, the plain form collapsed in the bottom-up path - one channel of 128 kept at N4
-and N5, the rest multiplied by ~0 - which the residual form cannot do. :meth:`weights` returns the raw softmax (sums to
-one), and each module keeps the weights of its last forward pass in ``last_weights``
-for the attention-map figures.
+scratch (notebook 03's ``bench_cpu`` runs), the softmax of the bottom-up path collapsed
+onto one channel at N4 and N5 with either form; the plain form then multiplied the other
+127 channels by ~0, the residual form by 0.5.
+
+:meth:`weights` returns the raw softmax (sums to one), and each module keeps the weights
+of its last forward pass in ``last_weights`` for the attention-map figures.
 """
 
 from __future__ import annotations
