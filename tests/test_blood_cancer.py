@@ -105,7 +105,8 @@ def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
     assert (table["max n*softmax"] >= 1).all() and (table["median n*softmax"] > 0).all()
     with pytest.raises(ValueError, match="attention modules"):
         bc.attention_gate_table(bc.build_model("maskrcnn", knobs), ev.images[:1])
-    torch.save({"model_state": torch.nn.Conv2d(1, 1, 1).state_dict(), "meta": {"task": "segment"}},
+    torch.save({"model_state": torch.nn.Conv2d(1, 1, 1).state_dict(),
+                "meta": {"task": "segment", "architecture": "unet", "classes": ["cell"]}},
                tmp_path / "u.pt")
     with pytest.raises(ValueError, match="not a Mask R-CNN"):
         bc.load_model(tmp_path / "u.pt")

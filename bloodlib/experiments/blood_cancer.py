@@ -1005,17 +1005,18 @@ def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: M
 
 def load_model(path: Any) -> nn.Module:
     """A Mask R-CNN / R-Mask R-CNN saved by :func:`save_model`, rebuilt from its ``meta``
-    and in eval mode."""
-    from ..engine.checkpoint import load_checkpoint
+    (through the model store's checks) and in eval mode."""
+    from ..errors import ModelFormatError
+    from ..inference.store import read_task_checkpoint, rebuild_model
     from ..models.rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn
-    ckpt = load_checkpoint(path)
-    meta = ckpt["meta"]
-    builders = {"rmaskrcnn": build_rmaskrcnn, "maskrcnn": build_plain_maskrcnn}
-    if meta.get("task") != "detect" or meta.get("architecture") not in builders:
-        raise ValueError(f"{path} is not a Mask R-CNN / R-Mask R-CNN checkpoint saved by "
-                         f"save_model (task {meta.get('task')!r}, architecture "
-                         f"{meta.get('architecture')!r}).")
+    what = "a Mask R-CNN / R-Mask R-CNN"
+    ckpt, meta = read_task_checkpoint(path, "detect", what)
+    build = {"rmaskrcnn": build_rmaskrcnn, "maskrcnn": build_plain_maskrcnn}.get(
+        meta["architecture"])
+    if build is None:
+        raise ModelFormatError(f"{path} holds a {meta['architecture']!r} detector, not {what} "
+                               "saved by blood_cancer.save_model.")
     kwargs = dict(meta["architecture_kwargs"])
-    model = builders[meta["architecture"]](kwargs.pop("num_classes"), **kwargs)
-    model.load_state_dict(ckpt["model_state"])
-    return model.eval()
+    num_classes = kwargs.pop("num_classes")
+    return rebuild_model(path, lambda: build(num_classes, **kwargs), ckpt["model_state"],
+                         what).eval()
