@@ -80,3 +80,23 @@ def test_residual_attention_keeps_half_of_what_softmax_drops():
     assert torch.allclose(sa(z), z * (1 + 30 * sa.weights(z)) / 2)
     built = build_attention("sa_ca", 4, residual=True)
     assert all(m.residual for m in built)
+
+
+def test_logit_bound_stops_one_entry_taking_all_weight():
+    import math
+    ca, sa = ChannelAttention(8, logit_bound=1.0), SpatialAttention(4, logit_bound=1.0)
+    x = torch.randn(2, 8, 5, 7)
+    assert torch.allclose(ca(x), x, atol=1e-6)  # still the identity untrained
+    with torch.no_grad():  # logits that collapse the unbounded softmax onto channel 0
+        ca.conv.bias.copy_(torch.tensor([50.0] + [-50.0] * 7))
+    w = ca.weights(x).flatten(1)
+    assert torch.allclose(w.sum(1), torch.ones(2))
+    assert torch.allclose(w[:, 0] / w[:, 1], torch.full((2,), math.exp(2.0)), rtol=1e-4)
+    with torch.no_grad():
+        sa.conv.weight.mul_(0).add_(100.0)
+    z = torch.randn(3, 4, 6, 5)
+    ratio = sa.weights(z).flatten(1)
+    assert (ratio.max(1).values / ratio.min(1).values <= math.exp(2.0) + 1e-3).all()
+    assert all(m.logit_bound == 2.0 for m in build_attention("ca_sa", 4, logit_bound=2))
+    with pytest.raises(ValueError, match="logit_bound"):
+        ChannelAttention(4, logit_bound=0)

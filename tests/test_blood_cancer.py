@@ -85,7 +85,8 @@ def test_tiny_training_run_and_ablation(synth):
 
 def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
     coco, ev = synth
-    knobs = get_profile("blood_cancer", "quick", **{**TINY, "residual_attention": True})
+    knobs = get_profile("blood_cancer", "quick", **{**TINY, "residual_attention": True,
+                                                       "attention_logit_bound": 2.0})
     r = bc.train_and_evaluate("rmaskrcnn", coco, ev, knobs, seed=0)
     path = bc.save_model(r["model"], tmp_path / "r.pt", knobs, r["metrics"], "synthetic")
     loaded = bc.load_model(path)
@@ -99,6 +100,7 @@ def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
                                     "B-U-AM N3", "B-U-AM N3", "B-U-AM N4", "B-U-AM N4",
                                     "B-U-AM N5", "B-U-AM N5"]
     assert list(table["attention"][:2]) == ["CA", "SA"] and table["residual"].all()
+    assert (table["logit bound"] == 2.0).all()
     assert (table["entries"][::2] == 16).all()  # CA over fpn_channels
     assert (table["min multiplier"] >= 0.5).all()  # the residual form's floor
     assert table["share < 0.1"].between(0, 1).all()

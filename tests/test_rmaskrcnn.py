@@ -123,12 +123,13 @@ def test_attention_maps_sum_to_one():
     assert torch.isclose(ca.sum(), torch.tensor(1.0)) and torch.isclose(sa.sum(), torch.tensor(1.0))
 
 
-def test_residual_attention_reaches_every_module():
+def test_attention_options_reach_every_module():
     from bloodlib.models.attention import attention_modules
     from bloodlib.models.rmaskrcnn import build_rmaskrcnn
     model = build_rmaskrcnn(1, image_size=128, fpn_channels=32, mask_channels=32,
-                            residual_attention=True)
+                            residual_attention=True, attention_logit_bound=1.5)
     modules = attention_modules(model.backbone)
     assert len(modules) == 2 * (4 + 3)  # CA and SA after F2..F5 and N3..N5
-    assert all(m.residual for m in modules.values())
+    assert all(m.residual and m.logit_bound == 1.5 for m in modules.values())
     assert model.bloodlib_config["residual_attention"] is True
+    assert model.bloodlib_config["attention_logit_bound"] == 1.5

@@ -67,7 +67,9 @@ _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fc
            "detections_per_img": 50, "synthetic_images": 24, "lr_schedule": "constant",
            # R-Mask R-CNN's attention multiplier: (1 + n * softmax) / 2, or the plain
            # n * softmax (False), which zeroed all but one channel at N4/N5 in bench_cpu runs
-           "residual_attention": True}
+           "residual_attention": True,
+           # caps the attention logits at b * tanh(logits / b) (None: unbounded)
+           "attention_logit_bound": None}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,
           "mask_channels": 128, "pretrained_backbone": False,
@@ -320,7 +322,8 @@ def build_model(kind: str, knobs: Mapping[str, Any], variant: Optional[Mapping[s
         return build_plain_maskrcnn(1, **common)
     if kind == "rmaskrcnn":
         return build_rmaskrcnn(1, **{**MAIN_VARIANT, **dict(variant or {})},
-                               residual_attention=bool(knobs["residual_attention"]), **common)
+                               residual_attention=bool(knobs["residual_attention"]),
+                               attention_logit_bound=knobs["attention_logit_bound"], **common)
     raise ValueError(f"Unknown model kind {kind!r}; choose 'maskrcnn' or 'rmaskrcnn'.")
 
 
@@ -823,6 +826,7 @@ def attention_gate_table(model: nn.Module, images: Sequence[torch.Tensor],
         rows.append({"where": _attention_place(name),
                      "attention": "CA" if isinstance(modules[name], ChannelAttention) else "SA",
                      "entries": int(a[0, 0]), "residual": modules[name].residual,
+                     "logit bound": modules[name].logit_bound,
                      "median n*softmax": a[:, 1].mean(), "max n*softmax": a[:, 2].mean(),
                      f"share < {off_below}": a[:, 3].mean(), "min multiplier": a[:, 4].mean()})
     return pd.DataFrame(rows)

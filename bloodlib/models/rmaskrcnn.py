@@ -128,7 +128,8 @@ class AttentionFPN(nn.Module):
 
     def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256,
                  attention: str = "ca_sa", bottom_up: bool = True,
-                 residual_attention: bool = False) -> None:
+                 residual_attention: bool = False,
+                 attention_logit_bound: Optional[float] = None) -> None:
         super().__init__()
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"Unknown attention {attention!r}; choose one of {ATTENTION_KINDS}.")
@@ -136,14 +137,16 @@ class AttentionFPN(nn.Module):
         self.attention, self.bottom_up, self.out_channels = attention, bool(bottom_up), out_channels
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels_list)
         self.fpn_attention = nn.ModuleList(
-            build_attention(attention, out_channels, residual_attention) for _ in range(n))
+            build_attention(attention, out_channels, residual_attention, attention_logit_bound)
+            for _ in range(n))
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
                                     for _ in range(n))
         if self.bottom_up:
             self.down = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
                                       for _ in range(n - 1))
             self.bu_attention = nn.ModuleList(
-                build_attention(attention, out_channels, residual_attention) for _ in range(n - 1))
+                build_attention(attention, out_channels, residual_attention, attention_logit_bound)
+                for _ in range(n - 1))
         self.extra = LastLevelMaxPool()
         convs = [*self.lateral, *self.output, *(self.down if self.bottom_up else [])]
         for conv in convs:  # torchvision's FPN initialisation; attention convs stay at zero
@@ -271,6 +274,7 @@ def variant_name(attention: str = "ca_sa", bottom_up: bool = True,
 def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
                     attention: str = "ca_sa", bottom_up: bool = True,
                     multiscale_mask_head: bool = True, residual_attention: bool = False,
+                    attention_logit_bound: Optional[float] = None,
                     pretrained_backbone: bool = False,
                     image_size: Optional[int] = None, fpn_channels: int = 256,
                     mask_channels: int = 256,
@@ -280,7 +284,8 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
     """R-Mask R-CNN (or one of its ablation variants) for ``num_classes`` object classes.
 
     ``residual_attention`` gives every attention module the ``(1 + n * softmax) / 2``
-    multiplier (:mod:`bloodlib.models.attention`). ``image_size`` fixes torchvision's
+    multiplier and ``attention_logit_bound`` caps their logits at ``b * tanh(logits / b)``
+    (:mod:`bloodlib.models.attention`). ``image_size`` fixes torchvision's
     resize (``min_size = max_size = image_size``; default: torchvision's 800/1333). ``fpn_channels`` / ``mask_channels`` (256 in the
     paper's FPN) can be lowered for CPU runs: the mask head's 3x3 convolutions on every
     RoI dominate the cost of a training step at small image sizes. Other keyword arguments go to
@@ -292,7 +297,8 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
         raise ValueError(f"num_classes must be >= 1 (object classes, background excluded), "
                          f"got {num_classes}.")
     body, channels = backbone_body(backbone, pretrained_backbone)
-    fpn = AttentionFPN(channels, fpn_channels, attention, bottom_up, residual_attention)
+    fpn = AttentionFPN(channels, fpn_channels, attention, bottom_up, residual_attention,
+                       attention_logit_bound)
     kwargs: dict[str, Any] = {"rpn_anchor_generator": paper_anchor_generator(anchor_sizes,
                                                                              aspect_ratios)}
     if image_size is not None:
@@ -312,6 +318,7 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
                              "attention": attention, "bottom_up": bool(bottom_up),
                              "multiscale_mask_head": bool(multiscale_mask_head),
                              "residual_attention": bool(residual_attention),
+                             "attention_logit_bound": attention_logit_bound,
                              "num_classes": int(num_classes), "image_size": image_size,
                              "fpn_channels": fpn_channels, "mask_channels": mask_channels}
     return model
