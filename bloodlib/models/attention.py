@@ -69,51 +69,54 @@ def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
     return conv
 
 
-class ChannelAttention(nn.Module):
+class _SoftmaxAttention(nn.Module):
+    """What CA and SA share: the gate options, and ``x * gate(weights(x))`` with ``n`` the
+    number of entries of one image's weights (channels for CA, positions for SA)."""
+
+    def __init__(self, channels: int, residual: bool, logit_bound: Optional[float]) -> None:
+        super().__init__()
+        self.channels, self.residual = int(channels), bool(residual)
+        self.logit_bound = _checked_bound(logit_bound)
+        self.last_weights: Optional[torch.Tensor] = None
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights(x)
+        self.last_weights = w.detach()
+        return x * gate(w, w[0].numel(), self.residual)
+
+
+class ChannelAttention(_SoftmaxAttention):
     """CA: ``x * C * softmax_c(conv1x1(avgpool(x)))`` for ``x`` of shape (B, C, H, W)
     (``residual``: ``x * (1 + C * softmax) / 2``; ``logit_bound``: :func:`bound_logits`)."""
 
     def __init__(self, channels: int, residual: bool = False,
                  logit_bound: Optional[float] = None) -> None:
-        super().__init__()
-        self.channels, self.residual = int(channels), bool(residual)
-        self.logit_bound = _checked_bound(logit_bound)
+        super().__init__(channels, residual, logit_bound)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.conv = _zero_conv(self.channels, self.channels)
-        self.last_weights: Optional[torch.Tensor] = None
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax weights over the channels, shape (B, C, 1, 1), summing to 1 per image."""
         return torch.softmax(bound_logits(self.conv(self.pool(x)), self.logit_bound), dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weights(x)
-        self.last_weights = w.detach()
-        return x * gate(w, self.channels, self.residual)
 
-
-class SpatialAttention(nn.Module):
+class SpatialAttention(_SoftmaxAttention):
     """SA: ``x * HW * softmax_hw(conv1x1(x))`` — one weight per position, shared by channels
     (``residual``: ``x * (1 + HW * softmax) / 2``; ``logit_bound``: :func:`bound_logits`)."""
 
     def __init__(self, channels: int, residual: bool = False,
                  logit_bound: Optional[float] = None) -> None:
-        super().__init__()
-        self.channels, self.residual = int(channels), bool(residual)
-        self.logit_bound = _checked_bound(logit_bound)
+        super().__init__(channels, residual, logit_bound)
         self.conv = _zero_conv(self.channels, 1)
-        self.last_weights: Optional[torch.Tensor] = None
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax weights over the positions, shape (B, 1, H, W), summing to 1 per image."""
         g = bound_logits(self.conv(x), self.logit_bound)
         b, _, h, w = g.shape
         return torch.softmax(g.reshape(b, 1, h * w), dim=-1).reshape(b, 1, h, w)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weights(x)
-        self.last_weights = w.detach()
-        return x * gate(w, x.shape[-2] * x.shape[-1], self.residual)
 
 
 class AttentionSequence(nn.Sequential):

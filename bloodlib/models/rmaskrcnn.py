@@ -285,10 +285,11 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
 
     ``residual_attention`` gives every attention module the ``(1 + n * softmax) / 2``
     multiplier and ``attention_logit_bound`` caps their logits at ``b * tanh(logits / b)``
-    (:mod:`bloodlib.models.attention`). ``image_size`` fixes torchvision's
-    resize (``min_size = max_size = image_size``; default: torchvision's 800/1333). ``fpn_channels`` / ``mask_channels`` (256 in the
-    paper's FPN) can be lowered for CPU runs: the mask head's 3x3 convolutions on every
-    RoI dominate the cost of a training step at small image sizes. Other keyword arguments go to
+    (:mod:`bloodlib.models.attention`). ``image_size`` fixes torchvision's resize
+    (``min_size = max_size = image_size``; default: torchvision's 800/1333).
+    ``fpn_channels`` / ``mask_channels`` (256 in the paper's FPN) can be lowered for CPU
+    runs: the mask head's 3x3 convolutions on every RoI dominate the cost of a training
+    step at small image sizes. Other keyword arguments go to
     :class:`~torchvision.models.detection.MaskRCNN` (e.g. ``rpn_post_nms_top_n_train``).
     ``pretrained_backbone`` uses ImageNet weights only when already in the torch hub
     cache, else raises :class:`~bloodlib.errors.WeightsNotFoundError`.
