@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bloodlib.models.attention import ChannelAttention, SpatialAttention
-from bloodlib.models.rmaskrcnn import (AttentionFPN, MultiLevelRoIAlign, MultiScaleMaskHead,
-                                       attention_maps, backbone_body, build_plain_maskrcnn,
-                                       build_rmaskrcnn, variant_name)
+from bloodlib.models.rmaskrcnn import (AttentionFPN, FusedPyramidRoIAlign, MultiLevelRoIAlign,
+                                       MultiScaleMaskHead, attention_maps, backbone_body,
+                                       build_plain_maskrcnn, build_rmaskrcnn, variant_name)
 from bloodlib.errors import WeightsNotFoundError
 
 SMALL = dict(image_size=64, fpn_channels=32, mask_channels=16, rpn_pre_nms_top_n_train=50,
@@ -70,6 +70,34 @@ def test_multilevel_roi_align_and_mask_head():
     assert head(pooled[:0]).shape == (0, 8, 14, 14)
 
 
+def test_fused_pyramid_roi_align_and_mask_head():
+    feats = _feats((16, 16, 16, 16), 32)
+    boxes = [torch.tensor([[0.0, 0.0, 40.0, 40.0], [10.0, 20.0, 90.0, 100.0]])]
+    pool = FusedPyramidRoIAlign(16, 8, output_size=14)
+    pooled = pool(feats, boxes, [(128, 128)])
+    assert pooled.shape == (2, 8, 14, 14)
+    head = MultiScaleMaskHead(8, 4, 8, fusion="map")
+    assert head(pooled).shape == (2, 8, 14, 14) and not hasattr(head, "levels")
+    with pytest.raises(ValueError, match="mask fusion"):
+        MultiScaleMaskHead(8, 4, 8, fusion="sum")
+
+
+def test_fused_pooling_sums_the_levels():
+    """Identity 1x1 convolutions on constant levels: every pooled value is the levels' sum,
+    the same as pooling each level and adding (both steps are linear)."""
+    feats = OrderedDict((str(i), torch.full((1, 4, 32 >> i, 32 >> i), float(i + 1)))
+                        for i in range(4))
+    pool = FusedPyramidRoIAlign(4, 4, output_size=7)
+    with torch.no_grad():
+        for conv in pool.levels:
+            conv.weight.copy_(torch.eye(4).reshape(4, 4, 1, 1))
+    boxes = [torch.tensor([[8.0, 8.0, 100.0, 60.0]])]
+    fused = pool(feats, boxes, [(128, 128)])
+    per_level = MultiLevelRoIAlign(output_size=7)(feats, boxes, [(128, 128)]).sum(dim=1)
+    assert torch.allclose(fused, torch.full_like(fused, 10.0))
+    assert torch.allclose(fused, per_level)
+
+
 def _batch():
     imgs = [torch.rand(3, 64, 64) for _ in range(2)]
     masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
@@ -80,8 +108,9 @@ def _batch():
     return imgs, [tg, tg]
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(attention="sa", bottom_up=False,
-                                                 multiscale_mask_head=False)])
+@pytest.mark.parametrize("kwargs", [dict(), dict(mask_fusion="map"),
+                                    dict(attention="sa", bottom_up=False,
+                                         multiscale_mask_head=False)])
 def test_rmaskrcnn_train_and_eval_forward(kwargs):
     torch.manual_seed(0)
     model = build_rmaskrcnn(1, **kwargs, **SMALL)
@@ -98,6 +127,9 @@ def test_rmaskrcnn_train_and_eval_forward(kwargs):
     assert len(out) == 2 and set(out[0]) == {"boxes", "labels", "scores", "masks"}
     assert out[0]["masks"].shape[1:] == (1, 64, 64)
     assert model.transform.min_size == (64,) and model.bloodlib_config["architecture"] == "rmaskrcnn"
+    assert model.bloodlib_config["mask_fusion"] == kwargs.get("mask_fusion", "roi")
+    with pytest.raises(ValueError, match="mask_fusion"):
+        build_rmaskrcnn(1, mask_fusion="sum", **SMALL)
 
 
 def test_plain_maskrcnn_and_anchors():

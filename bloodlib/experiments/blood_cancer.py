@@ -69,7 +69,9 @@ _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fc
            # n * softmax (False), which zeroed all but one channel at N4/N5 in bench_cpu runs
            "residual_attention": True,
            # caps the attention logits at b * tanh(logits / b) (None: unbounded)
-           "attention_logit_bound": None}
+           "attention_logit_bound": None,
+           # multi-scale mask head: pool every level ("roi") or fuse the maps first ("map")
+           "mask_fusion": "roi"}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,
           "mask_channels": 128, "pretrained_backbone": False,
@@ -323,7 +325,8 @@ def build_model(kind: str, knobs: Mapping[str, Any], variant: Optional[Mapping[s
     if kind == "rmaskrcnn":
         return build_rmaskrcnn(1, **{**MAIN_VARIANT, **dict(variant or {})},
                                residual_attention=bool(knobs["residual_attention"]),
-                               attention_logit_bound=knobs["attention_logit_bound"], **common)
+                               attention_logit_bound=knobs["attention_logit_bound"],
+                               mask_fusion=str(knobs["mask_fusion"]), **common)
     raise ValueError(f"Unknown model kind {kind!r}; choose 'maskrcnn' or 'rmaskrcnn'.")
 
 
