@@ -116,3 +116,64 @@ def test_evaluate_and_predict_segmentation():
     assert masks.shape == (8, 32, 32) and masks.dtype == torch.int64
     assert predict_segmentation(model, images[0]).shape == (32, 32)
     assert model.training  # mode restored
+
+
+def _count_saves(monkeypatch) -> list[str]:
+    import bloodlib.engine.trainer as trainer
+    names: list[str] = []
+    real = trainer.save_checkpoint
+
+    def counting(path, *a, **kw):
+        names.append(Path(path).name)
+        return real(path, *a, **kw)
+    monkeypatch.setattr(trainer, "save_checkpoint", counting)
+    return names
+
+
+def test_checkpoints_written_at_most_every_interval(tmp_path: Path, monkeypatch):
+    """A long interval: one write of each file at the end, the best file holding the
+    best epoch's weights (taken in memory), the model ending with them."""
+    saves = _count_saves(monkeypatch)
+    ckpt = tmp_path / "best.pt"
+    model, loader, val, opt = _setup()
+    bests: dict[int, dict] = {}
+    import bloodlib.engine.trainer as trainer
+    real_done = trainer._CheckpointWriter.epoch_done
+
+    def spy(self, m, history, improved):
+        if improved:
+            bests[history.last_epoch] = {k: v.clone() for k, v in m.state_dict().items()}
+        real_done(self, m, history, improved)
+    monkeypatch.setattr(trainer._CheckpointWriter, "epoch_done", spy)
+    hist = fit(model, loader, val, nn.CrossEntropyLoss(), opt, epochs=5, monitor="val_loss",
+               mode="min", checkpoint_path=ckpt, checkpoint_every_s=3600, **FAST)
+    assert sorted(saves) == ["best.pt", "best_last.pt"]
+    saved = load_checkpoint(ckpt)
+    assert saved["epoch"] == hist.best_epoch and saved["optimizer_state"] is None
+    for k, v in bests[hist.best_epoch].items():
+        assert torch.equal(saved["model_state"][k], v) and torch.equal(model.state_dict()[k], v)
+    assert load_checkpoint(last_checkpoint_path(ckpt))["epoch"] == 5
+
+
+def test_checkpoints_every_epoch_with_zero_interval(tmp_path: Path, monkeypatch):
+    saves = _count_saves(monkeypatch)
+    model, loader, val, opt = _setup()
+    fit(model, loader, val, nn.CrossEntropyLoss(), opt, epochs=3, monitor="val_loss",
+        mode="min", checkpoint_path=tmp_path / "best.pt", checkpoint_every_s=0, **FAST)
+    assert saves.count("best_last.pt") == 3 and 1 <= saves.count("best.pt") <= 3
+
+
+def test_interrupted_fit_keeps_its_best_weights(tmp_path: Path):
+    """An exception in epoch 3 (a Ctrl-C, say): the best of epochs 1-2 is still on disk."""
+    model, loader, val, opt = _setup()
+    calls = {"n": 0}
+
+    def failing_loss(logits, target):
+        calls["n"] += 1
+        if calls["n"] > 4:  # 2 batches per epoch: fails in epoch 3
+            raise KeyboardInterrupt
+        return nn.functional.cross_entropy(logits, target)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, loader, None, failing_loss, opt, epochs=5, monitor="train_loss", mode="min",
+            checkpoint_path=tmp_path / "best.pt", checkpoint_every_s=3600, **FAST)
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] in (1, 2)

@@ -51,12 +51,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model) if isinstance(model, nn.DataParallel) else model
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: Optional[Mapping[str, Any]] = None,
+def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor],
+                    meta: Optional[Mapping[str, Any]] = None,
                     optimizer: Optional[torch.optim.Optimizer] = None,
                     epoch: Optional[int] = None, *, scheduler: Any = None,
                     history: Optional[list[dict]] = None,
                     extra: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write model (and optionally optimizer/scheduler state, epoch, history) to ``path``.
+    """Write model (a module, or its ``state_dict``) and optionally optimizer/scheduler
+    state, epoch and history to ``path``.
 
     The file is written to a temporary name and renamed, so an interrupted save never
     leaves a truncated checkpoint behind.
@@ -65,7 +67,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: Optional[Mapping[s
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT_VERSION,
-        "model_state": _unwrap(model).state_dict(),
+        "model_state": dict(model) if isinstance(model, Mapping) else _unwrap(model).state_dict(),
         "meta": jsonable(dict(meta or {})),
         "epoch": None if epoch is None else int(epoch),
         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import _unwrap, load_checkpoint, save_checkpoint
 
 __all__ = ["History", "fit", "train_one_epoch", "mean_loss", "evaluate_segmentation",
            "segmentation_evaluator", "predict_segmentation", "last_checkpoint_path"]
@@ -263,7 +263,8 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
         checkpoint_meta: Optional[Mapping[str, Any]] = None, restore_best: bool = True,
         amp: Any = "auto", channels_last: Any = "auto",
         resume_from: Optional[str | Path] = None, max_train_batches: Optional[int] = None,
-        progress: bool = True, time_budget_s: Optional[float] = None) -> History:
+        progress: bool = True, time_budget_s: Optional[float] = None,
+        checkpoint_every_s: Optional[float] = 60.0) -> History:
     """Train ``model`` up to epoch ``epochs`` (1-based, counted over resumes).
 
     After each epoch: ``val_loss`` (or ``evaluate``'s ``loss``) and ``evaluate(model,
@@ -275,7 +276,12 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
     ``early_stopping_patience`` epochs without improvement (> ``min_delta``) stop
     training; so does ``time_budget_s``, counted from the call (the current batch finishes,
     the partial epoch is validated and recorded). With ``restore_best`` and a checkpoint,
-    the model ends with the best weights. ``max_train_batches`` caps
+    the model ends with the best weights. The best weights are kept in memory when they
+    improve; both files are written at most every ``checkpoint_every_s`` seconds (0 or
+    None: after every epoch) and always after the last epoch, so that a large model's
+    checkpoints (a full-width WCSegNet with its Adam state: 0.8 GB, about 4 s a file) do not
+    cost more than its epochs; an interrupted run still writes its best weights.
+    ``max_train_batches`` caps
     batches per epoch (quick profiling). ``amp`` ("auto", True, False, "bf16", "fp16")
     only takes effect on CUDA; ``channels_last`` "auto" means on CUDA only, True on any
     device (about 30 % faster for convolutional nets on a CPU, too).
@@ -298,52 +304,93 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
         checkpoint_meta = old_meta if checkpoint_meta is None else checkpoint_meta
     deadline = time.monotonic() + time_budget_s if time_budget_s is not None else None
     batch_sched = scheduler if scheduler_interval == "batch" else None
+    writer = _CheckpointWriter(checkpoint_path, checkpoint_meta, optimizer, scheduler,
+                               checkpoint_every_s)
     epoch_bar = _bar(range(start, epochs + 1), epochs - start + 1, "epochs", progress, True)
-    for epoch in epoch_bar:
-        t0, lr = time.monotonic(), optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, train_loader, loss_fn, optimizer, device,
-                                amp_dtype=amp_dtype, scaler=scaler, channels_last=use_cl,
-                                max_batches=max_train_batches, deadline=deadline,
-                                batch_scheduler=batch_sched, progress=progress,
-                                desc=f"epoch {epoch}/{epochs}")
-        row = {"epoch": epoch, "train_loss": train["train_loss"],
-               **_validate(model, val_loader, loss_fn, device, evaluate, amp_dtype, use_cl),
-               "lr": lr, "seconds": time.monotonic() - t0, "train_batches": train["batches"]}
-        history.rows.append(row)
-        if len(history.rows) == 1 or history.monitor not in row:
-            _resolve_monitor(history, row)
-        score = float(row[history.monitor])
-        improved = history.is_better(score, min_delta)
-        if improved:
-            history.best_epoch, history.best_score = epoch, score
-        if scheduler is not None and batch_sched is None:
-            _step_epoch_scheduler(scheduler, score)
-        _save(checkpoint_path, model, checkpoint_meta, optimizer, scheduler, epoch, history,
-              improved)
-        epoch_bar.set_postfix({"train_loss": f"{row['train_loss']:.4f}",
-                               history.monitor: f"{score:.4f}"})
-        if train["out_of_time"] or (deadline is not None and time.monotonic() > deadline):
-            history.stop_reason = "time_budget"
-            break
-        if early_stopping_patience is not None \
-                and history.epochs_since_best() >= early_stopping_patience:
-            history.stop_reason = "early_stopping"
-            break
-    epoch_bar.close()
-    if restore_best and checkpoint_path is not None and Path(checkpoint_path).is_file():
+    try:
+        for epoch in epoch_bar:
+            t0, lr = time.monotonic(), optimizer.param_groups[0]["lr"]
+            train = train_one_epoch(model, train_loader, loss_fn, optimizer, device,
+                                    amp_dtype=amp_dtype, scaler=scaler, channels_last=use_cl,
+                                    max_batches=max_train_batches, deadline=deadline,
+                                    batch_scheduler=batch_sched, progress=progress,
+                                    desc=f"epoch {epoch}/{epochs}")
+            row = {"epoch": epoch, "train_loss": train["train_loss"],
+                   **_validate(model, val_loader, loss_fn, device, evaluate, amp_dtype, use_cl),
+                   "lr": lr, "seconds": time.monotonic() - t0, "train_batches": train["batches"]}
+            history.rows.append(row)
+            if len(history.rows) == 1 or history.monitor not in row:
+                _resolve_monitor(history, row)
+            score = float(row[history.monitor])
+            improved = history.is_better(score, min_delta)
+            if improved:
+                history.best_epoch, history.best_score = epoch, score
+            if scheduler is not None and batch_sched is None:
+                _step_epoch_scheduler(scheduler, score)
+            writer.epoch_done(model, history, improved)
+            epoch_bar.set_postfix({"train_loss": f"{row['train_loss']:.4f}",
+                                   history.monitor: f"{score:.4f}"})
+            if train["out_of_time"] or (deadline is not None and time.monotonic() > deadline):
+                history.stop_reason = "time_budget"
+                break
+            if early_stopping_patience is not None \
+                    and history.epochs_since_best() >= early_stopping_patience:
+                history.stop_reason = "early_stopping"
+                break
+        writer.write_latest(model, history)
+    finally:
+        writer.write_best()
+        epoch_bar.close()
+    if restore_best and writer.best_state is not None:
+        _unwrap(model).load_state_dict(writer.best_state)
+    elif restore_best and checkpoint_path is not None and Path(checkpoint_path).is_file():
         load_checkpoint(checkpoint_path, model, map_location=device)
     return history
 
 
-def _save(path: Optional[str | Path], model: nn.Module, meta: Optional[Mapping[str, Any]],
-          optimizer: Any, scheduler: Any, epoch: int, history: History, improved: bool) -> None:
-    """Latest epoch to ``*_last``; the epoch also to ``path`` when it improved."""
-    if path is None:
-        return
-    kw = dict(scheduler=scheduler, history=history.rows, extra={"history": history.state()})
-    save_checkpoint(last_checkpoint_path(path), model, meta, optimizer, epoch, **kw)
-    if improved:
-        save_checkpoint(path, model, meta, optimizer, epoch, **kw)
+class _CheckpointWriter:
+    """:func:`fit`'s checkpoints: the best weights (a CPU copy taken when they improve)
+    to ``path``, the latest epoch (with optimizer and scheduler) to ``*_last``; written at
+    most every ``every_s`` seconds, and by :meth:`write_latest` / :meth:`write_best`."""
+
+    def __init__(self, path: Optional[str | Path], meta: Optional[Mapping[str, Any]],
+                 optimizer: Any, scheduler: Any, every_s: Optional[float]) -> None:
+        self.path, self.meta = (Path(path) if path is not None else None), meta
+        self.optimizer, self.scheduler, self.every_s = optimizer, scheduler, every_s or 0.0
+        self.best_state: Optional[dict[str, torch.Tensor]] = None
+        self._best: Optional[dict[str, Any]] = None  # the best epoch's record, not yet written
+        self._latest_written: Optional[int] = None
+        self._last_write = time.monotonic()
+
+    def epoch_done(self, model: nn.Module, history: History, improved: bool) -> None:
+        """Record the epoch just finished; write both files when their time has come."""
+        if self.path is None:
+            return
+        if improved:
+            self.best_state = {k: v.detach().to("cpu", copy=True)
+                               for k, v in _unwrap(model).state_dict().items()}
+            self._best = {"epoch": history.last_epoch, "rows": list(history.rows),
+                          "state": history.state()}
+        if time.monotonic() - self._last_write >= self.every_s:
+            self.write_latest(model, history)
+
+    def write_latest(self, model: nn.Module, history: History) -> None:
+        """The latest epoch to ``*_last`` (resumable) and any pending best weights."""
+        if self.path is None or not history.rows or self._latest_written == history.last_epoch:
+            return
+        save_checkpoint(last_checkpoint_path(self.path), model, self.meta, self.optimizer,
+                        history.last_epoch, scheduler=self.scheduler, history=history.rows,
+                        extra={"history": history.state()})
+        self._latest_written, self._last_write = history.last_epoch, time.monotonic()
+        self.write_best()
+
+    def write_best(self) -> None:
+        """The best weights to ``path``, when they changed since the last write."""
+        if self.path is None or self._best is None or self.best_state is None:
+            return
+        save_checkpoint(self.path, self.best_state, self.meta, None, self._best["epoch"],
+                        history=self._best["rows"], extra={"history": self._best["state"]})
+        self._best = None
 
 
 # ----------------------------------------------------------------------------- segmentation
