@@ -75,8 +75,9 @@ def _command() -> str:
 
 
 def _machine() -> dict[str, Any]:
+    from .runtime import cpu_facts
     return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "ram_gb": total_memory_gb()}
+            "cpu_count": os.cpu_count(), "ram_gb": total_memory_gb(), **cpu_facts()}
 
 
 def _cuda_torch() -> Any:

@@ -95,6 +95,8 @@ def start(experiment: str, profile: str = "quick", device: str = "auto", seed: i
         info = runtime.environment_info(dev)
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
         print(f"experiment={experiment} profile={profile} device={dev} seed={seed}")
+        print(f"cpu={info['cpu_model'] or '?'} ({info['cpu_capability']}, native bf16: "
+              f"{'yes' if info['cpu_bf16'] else 'no'})")
         print(f"cpus={info['cpu_count']} torch threads={info['torch_threads']} "
               f"memory={info['memory_gb']} GiB")
         print(f"versions: {versions}")

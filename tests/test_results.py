@@ -27,6 +27,9 @@ def test_make_result_fills_environment():
     for key in ("python", "torch", "numpy", "bloodlib"):
         assert res["versions"][key]
     assert res["machine"]["cpu_count"] >= 1
+    # what decides CPU training speed (AVX2 vs AMX machines differ ~3.5x): recorded
+    assert res["machine"]["cpu_capability"] and isinstance(res["machine"]["cpu_bf16"], bool)
+    assert "cpu_model" in res["machine"]
     assert res["peak_memory_mb"]["cpu_rss"] > 0
     assert res["created"].endswith("+00:00")
     assert res["config"]["size"] == [512, 512]  # JSON-ready

@@ -89,6 +89,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..config import register
 from ..data.parsers.pbc import PBC_CLASSES
 from ..errors import DatasetIntegrityError, DatasetNotFoundError
+from ..runtime import cpu_has_bf16
 
 EXPERIMENT = "wbc_classification"
 PBC8 = tuple(PBC_CLASSES)
@@ -454,12 +455,6 @@ def build_model(name: str, num_classes: int, knobs: Mapping[str, Any]) -> nn.Mod
     return build_classifier(name, num_classes, pretrained=bool(knobs["pretrained"]),
                             allow_download=bool(knobs["allow_download"]),
                             **architecture_kwargs(knobs))
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
 
 
 def resolve_amp(setting: Any, device: torch.device) -> Any:
