@@ -276,13 +276,13 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
     ``early_stopping_patience`` epochs without improvement (> ``min_delta``) stop
     training; so does ``time_budget_s``, counted from the call (the current batch finishes,
     the partial epoch is validated and recorded). With ``restore_best`` and a checkpoint,
-    the model ends with the best weights. The best weights are kept in memory when they
-    improve; both files are written at most every ``checkpoint_every_s`` seconds (0 or
-    None: after every epoch) and always after the last epoch, so that a large model's
-    checkpoints (a full-width WCSegNet with its Adam state: 0.8 GB, about 4 s a file) do not
-    cost more than its epochs; an interrupted run still writes its best weights.
-    ``max_train_batches`` caps
-    batches per epoch (quick profiling). ``amp`` ("auto", True, False, "bf16", "fp16")
+    the model ends with the best weights. With a ``checkpoint_path`` the best weights are
+    copied to memory when they improve, and both files are written at most every
+    ``checkpoint_every_s`` seconds (0 or None: after every epoch) and after the last
+    epoch, so that a large model's checkpoints (a full-width WCSegNet with its Adam state:
+    0.8 GB, about 4 s a file) do not cost more than its epochs; an interrupted run still
+    writes its best weights. ``max_train_batches`` caps batches per epoch (quick
+    profiling). ``amp`` ("auto", True, False, "bf16", "fp16")
     only takes effect on CUDA; ``channels_last`` "auto" means on CUDA only, True on any
     device (about 30 % faster for convolutional nets on a CPU, too).
     """
