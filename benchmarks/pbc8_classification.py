@@ -9,7 +9,9 @@ model into the model store as NAME:
         image_size=72 crop_fraction=1.0 lr=0.05
 
 Overrides are KEY=VALUE (Python literals); per-task knobs (``epochs``, ``time_budget_s``)
-are given for the 80/20 task only, e.g. ``time_budget_s=1440``.
+are given for the 80/20 task only, e.g. ``time_budget_s=1440``. ``variant="..."`` labels
+the run (``extra["variant"]``), so that it sits beside the notebook's in results/reference
+and on the board instead of replacing it.
 """
 import sys
 import time
@@ -23,6 +25,7 @@ TASK = "paper1_80_20"
 
 
 def main(out_dir: str, name: str, overrides: dict) -> None:
+    variant = str(overrides.pop("variant", "") or "")
     base = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
                          verbose=False).knobs
     for key in ("epochs", "time_budget_s"):
@@ -48,7 +51,8 @@ def main(out_dir: str, name: str, overrides: dict) -> None:
                       f"image_size={knobs['image_size']}, crop_fraction={knobs['crop_fraction']}"),
                extra={**t.info, "n_test": len(parts["test"]), "tta": knobs["tta"],
                       "test_seconds": ev.seconds,
-                      "test_images_per_second": len(parts["test"]) / max(ev.seconds, 1e-9)})
+                      "test_images_per_second": len(parts["test"]) / max(ev.seconds, 1e-9),
+                      **({"variant": variant} if variant else {})})
     training = {"dataset": pbc.source, "split": f"{TASK} train", "profile": "bench_cpu"}
     metrics = {"test_accuracy": ev.report.accuracy, "test_macro_f1": ev.report.macro["f1"]}
     print("stored:", save_model(t.model, name, wc.model_meta(t, knobs, training, metrics)))
