@@ -11,7 +11,9 @@ AP), writing the results JSON under OUT_DIR/results. Two models can train side b
 Arguments: MODEL BUDGET_S THREADS OUT_DIR [KEY=VALUE ...] (profile knob overrides,
 Python literals, e.g. ``max_val_images=20``; ``seed=N`` changes the training seed,
 default 0: initial weights and batch order; ``variant="seed 1"`` labels a second run of
-the same model, kept beside the first in results/reference and on the board).
+the same model, kept beside the first in results/reference and on the board; the
+architecture keys ``attention``, ``bottom_up`` and ``multiscale_mask_head`` pick an
+R-Mask R-CNN ablation variant, e.g. ``multiscale_mask_head=False``).
 """
 import resource
 import sys
@@ -24,9 +26,15 @@ from bloodlib.config import parse_overrides
 from bloodlib.experiments import blood_cancer as bc
 
 
+ARCHITECTURE_KEYS = ("attention", "bottom_up", "multiscale_mask_head")
+
+
 def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
          variant: str = "", **overrides) -> None:
     torch.set_num_threads(threads)
+    architecture = {k: overrides.pop(k) for k in ARCHITECTURE_KEYS if k in overrides}
+    if architecture and model != "rmaskrcnn":
+        raise SystemExit(f"{sorted(architecture)} pick an R-Mask R-CNN variant; MODEL is {model}.")
     run = session.start("blood_cancer", profile="bench_cpu", seed=seed, output_dir=out_dir,
                         time_budget_s=budget, **overrides)
     knobs = run.knobs
@@ -34,7 +42,8 @@ def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
     if data["source"] == "synthetic":
         raise SystemExit("SegPC-2021 not found: set BLOODLIB_DATA to the datasets folder.")
     ev = bc.make_eval_set(data["val"], int(knobs["image_size"]))
-    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, seed)
+    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, seed,
+                                variant=architecture or None)
     m, log = out["metrics"], out["log"]
     print({k: round(float(v), 4) for k, v in m.items()})
     print(f"{log.steps} steps in {log.seconds:.0f} s (stop: {log.stop_reason})")
@@ -49,7 +58,8 @@ def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
                extra={"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
                       "n_train": len(data["train"]["images"]),
                       "n_val": len(data["val"]["images"]), "torch_threads": threads,
-                      "stop_reason": log.stop_reason, **({"variant": variant} if variant else {})})
+                      "stop_reason": log.stop_reason, **({"variant": variant} if variant else {}),
+                      **({"architecture": architecture} if architecture else {})})
     bc.save_model(out["model"], run.output_dir / "checkpoints" / f"{model}.pt", knobs, m,
                   f"{data['source']}/train")
 

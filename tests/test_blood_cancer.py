@@ -87,13 +87,15 @@ def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
     coco, ev = synth
     knobs = get_profile("blood_cancer", "quick", **{**TINY, "residual_attention": True,
                                                        "attention_logit_bound": 2.0,
-                                                       "mask_fusion": "map"})
+                                                       "mask_fusion": "map",
+                                                       "mask_head_depth": 2})
     r = bc.train_and_evaluate("rmaskrcnn", coco, ev, knobs, seed=0)
     path = bc.save_model(r["model"], tmp_path / "r.pt", knobs, r["metrics"], "synthetic")
     loaded = bc.load_model(path)
     assert loaded.bloodlib_config == r["model"].bloodlib_config
     assert loaded.bloodlib_config["residual_attention"] is True
     assert loaded.bloodlib_config["mask_fusion"] == "map"
+    assert loaded.bloodlib_config["mask_head_depth"] == 2
     for a, b in zip(loaded.state_dict().values(), r["model"].state_dict().values()):
         assert torch.equal(a, b)
     table = bc.attention_gate_table(loaded, ev.images[:2])

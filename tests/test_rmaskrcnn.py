@@ -82,6 +82,28 @@ def test_fused_pyramid_roi_align_and_mask_head():
         MultiScaleMaskHead(8, 4, 8, fusion="sum")
 
 
+def _full_resolution_convs(head):
+    """3x3 convolutions of ``head`` that keep the RoI resolution (stride 1), in order."""
+    return [m for name, m in head.named_modules() if isinstance(m, torch.nn.Conv2d)
+            and m.kernel_size == (3, 3) and m.stride == (1, 1) and not name.startswith("down")]
+
+
+@pytest.mark.parametrize("fusion", ["roi", "map"])
+def test_mask_head_depth(fusion):
+    shallow = MultiScaleMaskHead(8, 4, 8, fusion=fusion)
+    deep = MultiScaleMaskHead(8, 4, 8, fusion=fusion, depth=2)
+    # depth 1: enc + dec; depth 2: two each, as many at RoI resolution as torchvision's head
+    per_level = 4 if fusion == "roi" else 0
+    assert len(_full_resolution_convs(shallow)) == per_level + 2
+    assert len(_full_resolution_convs(deep)) == per_level + 4
+    x = torch.randn(3, 4, 8, 14, 14) if fusion == "roi" else torch.randn(3, 8, 14, 14)
+    assert deep(x).shape == shallow(x).shape == (3, 8, 14, 14)
+    # depth 1 keeps the parameter names of models saved before the knob existed
+    assert "enc.0.weight" in shallow.state_dict() and "enc.1.0.weight" in deep.state_dict()
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        MultiScaleMaskHead(8, 4, 8, depth=0)
+
+
 def test_fused_pooling_sums_the_levels():
     """Identity 1x1 convolutions on constant levels: every pooled value is the levels' sum,
     the same as pooling each level and adding (both steps are linear)."""
@@ -109,6 +131,7 @@ def _batch():
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(mask_fusion="map"),
+                                    dict(mask_fusion="map", mask_head_depth=2),
                                     dict(attention="sa", bottom_up=False,
                                          multiscale_mask_head=False)])
 def test_rmaskrcnn_train_and_eval_forward(kwargs):
@@ -128,6 +151,7 @@ def test_rmaskrcnn_train_and_eval_forward(kwargs):
     assert out[0]["masks"].shape[1:] == (1, 64, 64)
     assert model.transform.min_size == (64,) and model.bloodlib_config["architecture"] == "rmaskrcnn"
     assert model.bloodlib_config["mask_fusion"] == kwargs.get("mask_fusion", "roi")
+    assert model.bloodlib_config["mask_head_depth"] == kwargs.get("mask_head_depth", 1)
     with pytest.raises(ValueError, match="mask_fusion"):
         build_rmaskrcnn(1, mask_fusion="sum", **SMALL)
 

@@ -71,7 +71,10 @@ _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fc
            # caps the attention logits at b * tanh(logits / b) (None: unbounded)
            "attention_logit_bound": None,
            # multi-scale mask head: pool every level ("roi") or fuse the maps first ("map")
-           "mask_fusion": "roi"}
+           "mask_fusion": "roi",
+           # 3x3 convolutions at RoI resolution on each side of the mask head's
+           # encoder-decoder (1: four convolutions in all, two at 14x14)
+           "mask_head_depth": 1}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,
           "mask_channels": 128, "pretrained_backbone": False,
@@ -326,7 +329,8 @@ def build_model(kind: str, knobs: Mapping[str, Any], variant: Optional[Mapping[s
         return build_rmaskrcnn(1, **{**MAIN_VARIANT, **dict(variant or {})},
                                residual_attention=bool(knobs["residual_attention"]),
                                attention_logit_bound=knobs["attention_logit_bound"],
-                               mask_fusion=str(knobs["mask_fusion"]), **common)
+                               mask_fusion=str(knobs["mask_fusion"]),
+                               mask_head_depth=int(knobs["mask_head_depth"]), **common)
     raise ValueError(f"Unknown model kind {kind!r}; choose 'maskrcnn' or 'rmaskrcnn'.")
 
 

@@ -283,28 +283,41 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(conv, nn.GroupNorm(min(32, cout), cout), nn.ReLU(inplace=True))
 
 
+def _convs(channels: int, n: int) -> nn.Sequential:
+    """``n`` :func:`_conv` blocks at ``channels`` (one block unwrapped, so the weights of
+    models saved before ``depth`` existed keep their names)."""
+    if n == 1:
+        return _conv(channels, channels)
+    return nn.Sequential(*(_conv(channels, channels) for _ in range(n)))
+
+
 class MultiScaleMaskHead(nn.Module):
     """Paper 3's "semantic segmentation layer" as we build it (module docstring): fuse the
     RoI features of all levels, then an encoder-decoder that sums the forward and
     backward maps of equal resolution. Input (K, L, C, S, S) from
     :class:`MultiLevelRoIAlign` (``fusion="roi"``: a 3x3 convolution per level, summed) or
     (K, in_channels, S, S) already fused by :class:`FusedPyramidRoIAlign`
-    (``fusion="map"``: normalised); output (K, channels, S, S)."""
+    (``fusion="map"``: normalised); output (K, channels, S, S). ``depth`` 3x3
+    convolutions at RoI resolution go on each side of the encoder-decoder (1: four in
+    all; 2: six, four of them at full RoI resolution as in torchvision's mask head)."""
 
     def __init__(self, in_channels: int = 256, num_levels: int = 4, channels: int = 256,
-                 fusion: str = "roi") -> None:
+                 fusion: str = "roi", depth: int = 1) -> None:
         super().__init__()
         if fusion not in MASK_FUSIONS:
             raise ValueError(f"Unknown mask fusion {fusion!r}; choose one of {MASK_FUSIONS}.")
-        self.fusion = fusion
+        if int(depth) < 1:
+            raise ValueError(f"Mask head depth must be >= 1 (3x3 convolutions on each side "
+                             f"of the encoder-decoder), got {depth}.")
+        self.fusion, self.depth = fusion, int(depth)
         if fusion == "roi":
             self.levels = nn.ModuleList(_conv(in_channels, channels) for _ in range(num_levels))
         else:
             self.fused_norm = nn.Sequential(nn.GroupNorm(min(32, in_channels), in_channels),
                                             nn.ReLU(inplace=True))
-        self.enc = _conv(channels, channels)
+        self.enc = _convs(channels, self.depth)
         self.down = nn.Sequential(_conv(channels, channels, stride=2), _conv(channels, channels))
-        self.dec = _conv(channels, channels)
+        self.dec = _convs(channels, self.depth)
         self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -338,7 +351,7 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
                     attention: str = "ca_sa", bottom_up: bool = True,
                     multiscale_mask_head: bool = True, residual_attention: bool = False,
                     attention_logit_bound: Optional[float] = None, mask_fusion: str = "roi",
-                    pretrained_backbone: bool = False,
+                    mask_head_depth: int = 1, pretrained_backbone: bool = False,
                     image_size: Optional[int] = None, fpn_channels: int = 256,
                     mask_channels: int = 256,
                     anchor_sizes: Sequence[Sequence[int]] = PAPER_ANCHOR_SIZES,
@@ -350,7 +363,9 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
     multiplier and ``attention_logit_bound`` caps their logits at ``b * tanh(logits / b)``
     (:mod:`bloodlib.models.attention`). ``mask_fusion`` picks how the multi-scale mask
     head fuses the levels: ``"roi"`` (pool every level, a 3x3 convolution each) or
-    ``"map"`` (fuse the maps, pool once; module docstring). ``image_size`` fixes
+    ``"map"`` (fuse the maps, pool once; module docstring); ``mask_head_depth`` is the
+    number of 3x3 convolutions on each side of its encoder-decoder (the ``depth`` of
+    :class:`MultiScaleMaskHead`). ``image_size`` fixes
     torchvision's resize (``min_size = max_size = image_size``; default: torchvision's
     800/1333).
     ``fpn_channels`` / ``mask_channels`` (256 in the paper's FPN) can be lowered for CPU
@@ -382,7 +397,8 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
         fused_channels = fpn_channels if mask_fusion == "roi" else mask_channels
         model.roi_heads.mask_roi_pool = pool
         model.roi_heads.mask_head = MultiScaleMaskHead(fused_channels, len(channels),
-                                                       mask_channels, mask_fusion)
+                                                       mask_channels, mask_fusion,
+                                                       mask_head_depth)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_channels, mask_channels,
                                                            int(num_classes) + 1)
     elif mask_channels != 256 or fpn_channels != 256:
@@ -392,6 +408,7 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
                              "attention": attention, "bottom_up": bool(bottom_up),
                              "multiscale_mask_head": bool(multiscale_mask_head),
                              "mask_fusion": mask_fusion,
+                             "mask_head_depth": int(mask_head_depth),
                              "residual_attention": bool(residual_attention),
                              "attention_logit_bound": attention_logit_bound,
                              "num_classes": int(num_classes), "image_size": image_size,
