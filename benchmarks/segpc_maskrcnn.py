@@ -26,13 +26,10 @@ from bloodlib.config import parse_overrides
 from bloodlib.experiments import blood_cancer as bc
 
 
-ARCHITECTURE_KEYS = ("attention", "bottom_up", "multiscale_mask_head")
-
-
 def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
          variant: str = "", **overrides) -> None:
     torch.set_num_threads(threads)
-    architecture = {k: overrides.pop(k) for k in ARCHITECTURE_KEYS if k in overrides}
+    architecture = {k: overrides.pop(k) for k in bc.MAIN_VARIANT if k in overrides}
     if architecture and model != "rmaskrcnn":
         raise SystemExit(f"{sorted(architecture)} pick an R-Mask R-CNN variant; MODEL is {model}.")
     run = session.start("blood_cancer", profile="bench_cpu", seed=seed, output_dir=out_dir,
