@@ -83,7 +83,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     status = 0
     for name in args.names:
-        report = verify(name)
+        report = verify(name, use_cache=not args.full)
         print(f"{name}: {report.summary()}")
         status |= 0 if report.ok else 1
     return status
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check datasets on disk against their manifests")
     verify.add_argument("names", nargs="+")
+    verify.add_argument("--full", action="store_true",
+                        help="hash every file again, ignoring the record of the last check")
     verify.set_defaults(func=_cmd_verify)
 
     datasets = sub.add_parser("datasets", help="list the dataset catalogue")

@@ -272,3 +272,106 @@ def test_verify_leaves_read_only_folder_untouched(tiny, tmp_path):
         assert not (data / "tiny" / cat.STAMP_NAME).exists()
     finally:
         (data / "tiny").chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- reliability (issue 24)
+
+def test_verify_fails_on_files_not_in_the_manifest(tiny, tmp_path):
+    """Item 9: an injected image is a failure of verify, not silently accepted."""
+    data = tmp_path / "data"
+    _write_tree(data / "tiny", {**TINY_FILES, "imgs/injected.jpg": b"evil"})
+    report = cat.verify("tiny", root=data, use_cache=False)
+    assert not report.ok and report.unexpected == ["imgs/injected.jpg"]
+    assert "FAILED" in report.summary() and "imgs/injected.jpg" in report.summary()
+    with pytest.raises(DatasetIntegrityError, match="not in the manifest"):
+        report.raise_for_errors()
+
+
+def test_verify_accepts_the_paths_the_catalogue_allows(tiny, tmp_path):
+    tiny(extra_ok=("test/",))
+    data = tmp_path / "data"
+    _write_tree(data / "tiny", {**TINY_FILES, "test/x.jpg": b"t"})
+    assert cat.verify("tiny", root=data, use_cache=False).ok
+
+
+def test_verify_cache_notices_content_change_with_restored_mtime(tiny, tmp_path):
+    """Item 10: same size, mtime restored: the cache must not vouch for it, and --full
+    (use_cache=False) re-hashes every file."""
+    data = tmp_path / "data"
+    _write_tree(data / "tiny", TINY_FILES)
+    target = data / "tiny/imgs/a.jpg"
+    assert cat.verify("tiny", root=data).ok
+    st = target.stat()
+    target.write_bytes(b"zzz")  # same size
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_mtime_ns == st.st_mtime_ns
+    report = cat.verify("tiny", root=data)
+    assert not report.cached and report.mismatched == ["imgs/a.jpg"]
+    full = cat.verify("tiny", root=data, use_cache=False)
+    assert not full.cached and not full.ok
+
+
+def test_cli_verify_full_flag(tiny, tmp_path, monkeypatch, capsys):
+    from bloodlib.cli import main
+    data = tmp_path / "data"
+    _write_tree(data / "tiny", TINY_FILES)
+    monkeypatch.setenv("BLOODLIB_DATA", str(data))
+    assert main(["verify", "tiny"]) == 0
+    assert main(["verify", "tiny"]) == 0 and "cached" in capsys.readouterr().out
+    assert main(["verify", "tiny", "--full"]) == 0 and "sha256, full" in capsys.readouterr().out
+
+
+def test_failed_force_fetch_leaves_the_good_copy_untouched(tiny, tmp_path):
+    """Item 11: a bad download is staged, fails verification and never reaches the folder."""
+    data = tmp_path / "data"
+    _write_tree(data / "tiny", TINY_FILES)
+    bad = _zip(tmp_path / "bad.zip", {**TINY_FILES, "imgs/a.jpg": b"bad"})
+    tiny(sources=(cat.Source(bad.as_uri()),))
+    with pytest.raises(DatasetIntegrityError, match="imgs/a.jpg"):
+        cat.fetch("tiny", root=data, force=True, progress=False)
+    assert (data / "tiny/imgs/a.jpg").read_bytes() == b"aaa"
+    assert cat.verify("tiny", root=data, use_cache=False).ok
+    assert not (data / ".tiny.partial").exists()
+
+
+def test_force_fetch_replaces_the_copy_only_when_verified(tiny, tmp_path):
+    data = tmp_path / "data"
+    _write_tree(data / "tiny", {**TINY_FILES, "imgs/a.jpg": b"old"})
+    good = _zip(tmp_path / "good.zip", TINY_FILES)
+    tiny(sources=(cat.Source(good.as_uri()),))
+    cat.fetch("tiny", root=data, force=True, progress=False)
+    assert (data / "tiny/imgs/a.jpg").read_bytes() == b"aaa"
+    assert not list(data.glob(".tiny*"))
+
+
+def test_every_download_is_pinned_to_a_commit():
+    """Item 12: each archive is one commit (a hash of its files), never a moving branch."""
+    import re
+    for name, info in cat.CATALOGUE.items():
+        for src in info.sources:
+            assert src.commit and re.fullmatch(r"[0-9a-f]{40}", src.commit), name
+            assert src.commit in src.url and "HEAD" not in src.url, src.url
+
+
+def test_extract_refuses_a_zip_bomb(tmp_path):
+    """Item 13: a 300 KB zip that would write 300 MiB is refused by ratio, and the total
+    size cap holds whatever the headers say."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("top/zeros.bin", b"\0" * (300 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(DatasetIntegrityError, match="zip bomb"):
+        cat._extract(bomb, tmp_path / "out", ())
+    assert not any((tmp_path / "out").rglob("*.bin"))
+    plain = _zip(tmp_path / "plain.zip", {"a.bin": os.urandom(4096), "b.bin": os.urandom(4096)})
+    with pytest.raises(DatasetIntegrityError, match="size limit"):
+        cat._extract(plain, tmp_path / "out2", (), max_bytes=6000)
+    assert cat._extract(plain, tmp_path / "out3", (), max_bytes=10000) == 2
+
+
+@pytest.mark.realdata
+def test_real_datasets_verify_without_extra_files(data_root):
+    for name in LOCAL:
+        if cat.is_available(name, root=data_root):
+            report = cat.verify(name, root=data_root)
+            assert report.ok and not report.unexpected, report.summary()

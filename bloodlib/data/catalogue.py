@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlparse
 
 from ..errors import (BloodlibError, DatasetIntegrityError, DatasetNotFoundError,
@@ -42,6 +42,7 @@ MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 STAMP_NAME = ".bloodlib_verified.json"
 _DOC_PREFIXES = ("readme", "license", "licence", "copying")  # not data: never in manifests
 _CHUNK = 1 << 20
+MAX_RATIO = 200  # uncompressed / compressed size of one archive member; more is a zip bomb
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,16 @@ class Source:
     ``members`` maps archive paths (after the archive's single top folder, e.g.
     GitHub's ``<repo>-<branch>/``, is stripped) to paths in the dataset folder:
     ``("src/dir/", "dest/dir/")`` moves a folder, ``("FILE", "NEW")`` one file.
-    Empty ``members`` extracts everything as is.
+    Empty ``members`` extracts everything as is. Extraction stops with
+    :class:`DatasetIntegrityError` past ``max_bytes`` written or a member compressed more
+    than ``MAX_RATIO`` times (a zip bomb).
     """
 
     url: str
     sha256: Optional[str] = None
     members: tuple[tuple[str, str], ...] = ()
+    max_bytes: int = 8 << 30
+    commit: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class DatasetInfo:
     expected_layout: tuple[str, ...] = ()
     subset_ok: bool = False
     manifest: Optional[str] = None
+    extra_ok: tuple[str, ...] = ()
 
     @property
     def urls(self) -> list[str]:
@@ -88,9 +94,14 @@ class DatasetInfo:
         return bool(self.sources)
 
 
-def _gh(repo: str, *members: tuple[str, str]) -> Source:
-    """A GitHub repository's default-branch archive."""
-    return Source(f"https://github.com/{repo}/archive/HEAD.zip", members=tuple(members))
+def _gh(repo: str, commit: str, *members: tuple[str, str]) -> Source:
+    """A GitHub repository's archive at one commit. The commit id is a hash of every file
+    in it, so the download cannot change upstream; GitHub generates its zips on request
+    and their bytes (compression) have changed over the years, so the per-file SHA-256
+    manifest, checked after extraction, is the content check rather than an archive hash.
+    Each pinned commit was checked against the manifest file by file (git blob ids)."""
+    return Source(f"https://github.com/{repo}/archive/{commit}.zip", members=tuple(members),
+                  commit=commit)
 
 
 _TCIA_NOTE = ("Download it from The Cancer Imaging Archive ({url}; free, accept the TCIA data "
@@ -109,7 +120,7 @@ CATALOGUE: dict[str, DatasetInfo] = {d.name: d for d in [
         citation="Shenggan, BCCD Dataset, https://github.com/Shenggan/BCCD_Dataset (2017); "
                  "data from cosmicad/dataset and akshaylamba/all_CELL_data.",
         homepage="https://github.com/Shenggan/BCCD_Dataset",
-        sources=(_gh("Shenggan/BCCD_Dataset", ("BCCD/", "BCCD/"), ("LICENSE", "LICENSE"),
+        sources=(_gh("Shenggan/BCCD_Dataset", "d272fb14cdff6e473fafeeeba32aba5f560e9e43", ("BCCD/", "BCCD/"), ("LICENSE", "LICENSE"),
                      ("README.md", "README.md")),),
         expected_layout=("BCCD/JPEGImages", "BCCD/Annotations", "BCCD/ImageSets/Main"),
         manifest="bccd",
@@ -130,7 +141,7 @@ CATALOGUE: dict[str, DatasetInfo] = {d.name: d for d in [
         homepage="https://github.com/ParthaPratimBanik/An-Automatic-Nucleus-Segmentation-and-"
                  "CNN-Model-based-Classification-Method-of-White-Blood-Cell",
         sources=(_gh("ParthaPratimBanik/An-Automatic-Nucleus-Segmentation-and-CNN-Model-based-"
-                     "Classification-Method-of-White-Blood-Cell",
+                     "Classification-Method-of-White-Blood-Cell", "d8ee339ad22dc30d3acdc2d653ab5768eae10ab3",
                      ("wbc_nucleus_seg_localz/Datasets/Ground Truth/BCCD/", "masks/"),
                      ("LICENSE", "LICENSE"), ("README.md", "README.md")),),
         expected_layout=("masks",),
@@ -141,19 +152,20 @@ CATALOGUE: dict[str, DatasetInfo] = {d.name: d for d in [
         title="TXL-PBC (re-annotated BCCD, BCD, PBC and Raabin-WBC images)",
         description="1,440 smear images with YOLO boxes (WBC, RBC, Platelets; class order in "
                     "TXL_PBC/data.yaml): train 1008, val 288, test 144. The manifest covers "
-                    "train and val; test files, when present, are reported as unexpected.",
+                    "train and val; test files, when present, are accepted unhashed.",
         tasks=("detection",),
         classes=("wbc", "rbc", "platelets"),
         licence="MIT",
         citation="L. Gan, X. Li, TXL-PBC: a freely accessible labeled peripheral blood cell "
                  "dataset, arXiv:2407.13214 (2024).",
         homepage="https://github.com/lugan113/TXL-PBC_Dataset",
-        sources=(_gh("lugan113/TXL-PBC_Dataset", ("TXL_PBC/", "TXL_PBC/"),
+        sources=(_gh("lugan113/TXL-PBC_Dataset", "056d09e45403f4d1321b99cdb2cfcc3eb605edcf", ("TXL_PBC/", "TXL_PBC/"),
                      ("LICENSE", "LICENSE.txt"), ("LICENSE.txt", "LICENSE.txt"),
                      ("README.md", "README.md")),),
         expected_layout=("TXL_PBC/images/train", "TXL_PBC/labels/train", "TXL_PBC/images/val",
                          "TXL_PBC/labels/val", "TXL_PBC/data.yaml"),
         manifest="txl_pbc",
+        extra_ok=("TXL_PBC/images/test/", "TXL_PBC/labels/test/", "TXL_PBC/labels/classes.txt"),
     ),
     DatasetInfo(
         name="wbc_seg_zheng",
@@ -170,7 +182,7 @@ CATALOGUE: dict[str, DatasetInfo] = {d.name: d for d in [
                  "doi:10.1016/j.micron.2018.01.010. Acknowledge Jiangxi Tecom Science "
                  "Corporation (Dataset 1) and the CellaVision blog (Dataset 2).",
         homepage="https://github.com/zxaoyou/segmentation_WBC",
-        sources=(_gh("zxaoyou/segmentation_WBC", ("Dataset 1/", "Dataset 1/"),
+        sources=(_gh("zxaoyou/segmentation_WBC", "fa9c01622f52bccb9aeb8a6f2628f564e377767d", ("Dataset 1/", "Dataset 1/"),
                      ("Dataset 2/", "Dataset 2/"),
                      ("Class Labels of Dataset 1.csv", "Class Labels of Dataset 1.csv"),
                      ("Class Labels of Dataset 2.csv", "Class Labels of Dataset 2.csv"),
@@ -221,13 +233,13 @@ CATALOGUE: dict[str, DatasetInfo] = {d.name: d for d in [
                  "EDNFC-Net (ICASSP 2020) and PCSeg (PLoS ONE 13(12) e0207908, 2018).",
         homepage="https://doi.org/10.21227/7np1-2q42",
         sources=(
-            _gh("sarah-antillia/MultipleMyeloma-ImageMask-Dataset",
+            _gh("sarah-antillia/MultipleMyeloma-ImageMask-Dataset", "1bcfbdfca0c411698a8efa93724717adda663b51",
                 ("MultipleMyeloma-ImageMask-Dataset_V2/train/",
                  "MultipleMyeloma-ImageMask-Dataset_V2/train/"),
                 ("MultipleMyeloma-ImageMask-Dataset_V2/valid/",
                  "MultipleMyeloma-ImageMask-Dataset_V2/valid/"),
                 ("README.md", "README_images.md")),
-            _gh("qiuminlu2010/segpc", ("datasets/trainval/", "annotations/")),
+            _gh("qiuminlu2010/segpc", "ff2ad285ee401c2bd768ad664a2e42616076fc6f", ("datasets/trainval/", "annotations/")),
         ),
         manual_download="The original full-resolution BMP images are on IEEE Dataport "
                         "(doi:10.21227/7np1-2q42) and Kaggle (sbilab/segpc2021dataset); they "
@@ -422,8 +434,11 @@ def load_manifest(manifest: str) -> Optional[dict]:
 
 @dataclass
 class VerifyReport:
-    """Result of :func:`verify`. ``ok`` ignores unexpected files, and missing files too
-    when the dataset may be a subset."""
+    """Result of :func:`verify`. ``ok`` needs every manifest file present and unaltered
+    and no data file outside the manifest (an injected image would be loaded), except for
+    a dataset that may be a subset or superset of its manifest (``subset_ok``: PBC's full
+    17,092 images beside the 4,800-image reference manifest) and the paths the catalogue
+    names in ``extra_ok``."""
 
     name: str
     folder: Path
@@ -438,12 +453,12 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.mismatched and (self.subset_ok or not self.missing)
+        return not self.mismatched and (self.subset_ok or not (self.missing or self.unexpected))
 
     def summary(self) -> str:
         if not self.has_manifest:
             return f"{self.name}: no manifest shipped; only the folder layout was checked."
-        how = "cached" if self.cached else ("sizes" if self.quick else "sha256")
+        how = "cached" if self.cached else ("sizes" if self.quick else "sha256, full")
         text = (f"{self.name}: {'OK' if self.ok else 'FAILED'} ({how}); {self.checked} files "
                 f"checked, {len(self.missing)} missing, {len(self.mismatched)} altered, "
                 f"{len(self.unexpected)} not in the manifest")
@@ -457,8 +472,8 @@ class VerifyReport:
         """Raise :class:`DatasetIntegrityError` unless :attr:`ok`."""
         if not self.ok:
             raise DatasetIntegrityError(
-                self.summary() + f"\nFiles in {self.folder} do not match the manifest. "
-                f"Re-download them (`python -m bloodlib fetch {self.name} --force`, or "
+                self.summary() + f"\nFiles in {self.folder} do not match the manifest. Remove "
+                "the files not in the manifest, or re-download them (`python -m bloodlib fetch {self.name} --force`, or "
                 "fetch(name, force=True)) or restore the original files.")
 
 
@@ -470,7 +485,8 @@ def _fingerprint(files: dict[str, Path]) -> str:
     h = hashlib.sha256()
     for rel, p in sorted(files.items()):
         st = p.stat()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # ctime too: restoring a file's mtime after editing it (os.utime) changes its ctime
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -496,8 +512,8 @@ def verify(name: str, root: Optional[PathLike] = None, quick: bool = False,
     """Check ``name``'s files against its manifest (SHA-256; sizes only when ``quick``).
 
     A successful full check is remembered in ``<folder>/.bloodlib_verified.json``, keyed on
-    the manifest and on the files' sizes and mtimes, so an unchanged folder is not
-    re-hashed. Raises :class:`DatasetNotFoundError` when the layout is missing; call
+    the manifest and on the files' sizes, mtimes and ctimes, so an unchanged folder is not
+    re-hashed; ``use_cache=False`` (``bloodlib verify --full``) hashes every file anyway. Raises :class:`DatasetNotFoundError` when the layout is missing; call
     :meth:`VerifyReport.raise_for_errors` to turn a failed check into an exception.
     """
     info = get_info(name)
@@ -508,9 +524,10 @@ def verify(name: str, root: Optional[PathLike] = None, quick: bool = False,
     expected: dict[str, str] = manifest["files"]
     sizes: dict[str, int] = manifest.get("sizes", {})
     present = _data_files(folder)
+    unexpected = [rel for rel in set(present) - set(expected) if not rel.startswith(info.extra_ok)]
     report = VerifyReport(name, folder, subset_ok=info.subset_ok, quick=quick,
                           missing=sorted(set(expected) - set(present)),
-                          unexpected=sorted(set(present) - set(expected)))
+                          unexpected=sorted(unexpected))
     to_check = sorted(set(expected) & set(present))
     report.checked = len(to_check)
     stamp = {"manifest": _manifest_key(manifest), "fingerprint": _fingerprint(present)}
@@ -574,44 +591,77 @@ def _map_member(rel: str, members: tuple[tuple[str, str], ...]) -> Optional[str]
     return None
 
 
-def _extract(archive: Path, dest: Path, members: tuple[tuple[str, str], ...]) -> int:
-    """Extract files of a zip/tar into ``dest``, stripping a single top folder and mapping
-    paths through ``members``; returns the number of files written."""
+def _open_archive(archive: Path) -> tuple[Any, dict[str, Any], Callable[[Any], Any]]:
+    """(archive object, {name: entry} of its files, opener) for a zip or tar."""
     if zipfile.is_zipfile(archive):
         zf = zipfile.ZipFile(archive)
-        entries = {i.filename: i for i in zf.infolist() if not i.is_dir()}
-        opener = zf.open
-    elif tarfile.is_tarfile(archive):
-        zf = tarfile.open(archive)
-        entries = {m.name: m for m in zf.getmembers() if m.isfile()}
-        opener = zf.extractfile
-    else:
-        raise DatasetIntegrityError(f"{archive} is neither a zip nor a tar archive.")
+        return zf, {i.filename: i for i in zf.infolist() if not i.is_dir()}, zf.open
+    if tarfile.is_tarfile(archive):
+        tf = tarfile.open(archive)
+        return tf, {m.name: m for m in tf.getmembers() if m.isfile()}, tf.extractfile
+    raise DatasetIntegrityError(f"{archive} is neither a zip nor a tar archive.")
+
+
+def _check_ratio(archive: Path, arcname: str, entry: Any) -> None:
+    """A zip member compressed more than MAX_RATIO times is refused before it is read."""
+    if isinstance(entry, zipfile.ZipInfo) and entry.file_size > MAX_RATIO * max(entry.compress_size, 1024):
+        raise DatasetIntegrityError(
+            f"{archive}: {arcname!r} would expand {entry.file_size / max(entry.compress_size, 1):.0f}x "
+            f"(limit {MAX_RATIO}x); the archive looks like a zip bomb and was not extracted.")
+
+
+def _copy_capped(src: Any, dst: Any, budget: int, archive: Path) -> int:
+    """Copy ``src`` to ``dst``; DatasetIntegrityError once more than ``budget`` bytes came."""
+    written = 0
+    for chunk in iter(lambda: src.read(_CHUNK), b""):
+        written += len(chunk)
+        if written > budget:
+            raise DatasetIntegrityError(
+                f"{archive} expands past its size limit; it was not extracted (raise "
+                "Source.max_bytes if the dataset really is that large).")
+        dst.write(chunk)
+    return written
+
+
+def _extract(archive: Path, dest: Path, members: tuple[tuple[str, str], ...],
+             max_bytes: int = 8 << 30) -> int:
+    """Extract files of a zip/tar into ``dest``, stripping a single top folder and mapping
+    paths through ``members``; returns the number of files written. Unsafe paths, a zip
+    member compressed more than ``MAX_RATIO`` times, and more than ``max_bytes`` in all
+    raise :class:`DatasetIntegrityError` (bytes are counted as written, not as the
+    headers claim)."""
+    zf, entries, opener = _open_archive(archive)
     with zf:
         tops = {n.split("/", 1)[0] for n in entries}
         strip = len(tops.pop()) + 1 if len(tops) == 1 and all("/" in n for n in entries) else 0
-        written = 0
+        written, budget = 0, max_bytes
         for arcname, entry in entries.items():
             if arcname.startswith("/") or ".." in arcname.split("/"):
                 raise DatasetIntegrityError(f"Unsafe path {arcname!r} in {archive}.")
             rel = _map_member(arcname[strip:], members)
             if not rel:
                 continue
+            _check_ratio(archive, arcname, entry)
             out = dest.joinpath(*rel.split("/"))
             out.parent.mkdir(parents=True, exist_ok=True)
             with opener(entry) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+                budget -= _copy_capped(src, dst, budget, archive)
             written += 1
     return written
 
 
-def _merge(staging: Path, folder: Path) -> None:
-    """Move every file of ``staging`` into ``folder`` (replacing same-named files)."""
-    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-        out = folder / src.relative_to(staging)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, out)
-    shutil.rmtree(staging, ignore_errors=True)
+def _replace_folder(staged: Path, folder: Path) -> None:
+    """Put the verified ``staged`` copy at ``folder``; the old copy is removed only after
+    the new one is in place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        backup = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(backup, ignore_errors=True)
+        os.replace(folder, backup)
+        os.replace(staged, folder)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(staged, folder)
 
 
 def fetch(name: str, root: Optional[PathLike] = None, force: bool = False,
@@ -620,8 +670,9 @@ def fetch(name: str, root: Optional[PathLike] = None, force: bool = False,
 
     A present copy that verifies is reused (nothing is downloaded unless ``force``).
     Otherwise every source archive is downloaded (tqdm progress bar), checked against its
-    SHA-256 when one is known, unpacked into the catalogue layout and the result verified
-    against the manifest. Manual-only datasets and network failures raise
+    SHA-256 when one is known, unpacked into a staging folder (size and ratio capped) and
+    verified there against the manifest; only a copy that verifies replaces the dataset
+    folder, so a failed ``force`` download leaves the old copy untouched. Manual-only datasets and network failures raise
     :class:`DatasetNotFoundError` with instructions; a download that does not match the
     manifest raises :class:`DatasetIntegrityError`.
     """
@@ -638,8 +689,9 @@ def fetch(name: str, root: Optional[PathLike] = None, force: bool = False,
         raise DatasetNotFoundError(
             f"Dataset {name!r} ({info.title}) cannot be downloaded automatically and is not "
             f"at {folder}.\n" + _how_to_get(info, folder))
-    staging = base / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging_base = base / f".{name}.partial"
+    staging = staging_base / name
+    shutil.rmtree(staging_base, ignore_errors=True)
     try:
         for i, src in enumerate(info.sources):
             archive = _download(src.url, base / ".downloads" / f"{name}-{i}.archive", progress)
@@ -647,15 +699,20 @@ def fetch(name: str, root: Optional[PathLike] = None, force: bool = False,
                 if src.sha256 and _sha256(archive) != src.sha256.lower():
                     raise DatasetIntegrityError(
                         f"Download of {src.url} is corrupt (SHA-256 differs); try again.")
-                _extract(archive, staging, src.members)
+                _extract(archive, staging, src.members, src.max_bytes)
             finally:
                 archive.unlink(missing_ok=True)
+        verify(name, staging_base, use_cache=False).raise_for_errors()
     except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:  # requests' errors are OSErrors
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging_base, ignore_errors=True)
         raise DatasetNotFoundError(
             f"Could not download dataset {name!r}: {exc}\n" + _how_to_get(info, folder)) from exc
-    _merge(staging, folder)
-    verify(name, base, use_cache=False).raise_for_errors()
+    except BloodlibError:
+        shutil.rmtree(staging_base, ignore_errors=True)  # the copy in place stays as it was
+        raise
+    _replace_folder(staging, folder)
+    shutil.rmtree(staging_base, ignore_errors=True)
+    verify(name, base)  # remembers the verification for the folder in its final place
     return folder
 
 

@@ -125,12 +125,17 @@ def yolo_to_coco(image_paths: Iterable[PathLike], label_dir: PathLike, categorie
             parts = line.split()
             if not parts:
                 continue
+            if len(parts) != 5:
+                kind = " (a polygon: segmentation labels are not boxes)" if len(parts) > 5 \
+                    and len(parts) % 2 == 1 else ""
+                raise AnnotationError(f"{txt}:{n}: expected 5 columns 'class cx cy w h', got "
+                                      f"{len(parts)}{kind}: {line[:80]!r}.")
             try:
                 cls, (cx, cy, w, h) = int(parts[0]), map(float, parts[1:5])
-                if len(parts) < 5:
-                    raise ValueError
             except ValueError as exc:
                 raise AnnotationError(f"{txt}:{n}: expected 'class cx cy w h', got {line!r}.") from exc
+            if not all(map(math.isfinite, (cx, cy, w, h))):
+                raise AnnotationError(f"{txt}:{n}: non-finite number in {line!r}.")
             if not 0 <= cls < len(categories):
                 raise UnknownClassError(f"{txt}:{n}: class index {cls} is outside 0..{len(categories) - 1}; "
                                         f"known classes: {list(categories)}.")
@@ -177,14 +182,65 @@ def coco_to_yolo(coco: dict, out_dir: PathLike, split_name: str, copy: bool = Fa
 
 
 # ---------------------------------------------------------------- masks
-def polygons_to_mask(polys: Sequence[Sequence[float]] | dict, h: int, w: int) -> np.ndarray:
-    """COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` (or an RLE dict) -> (h, w) uint8 0/1."""
-    if isinstance(polys, dict):
-        return rle_to_mask(polys, h, w)
-    polys = [list(map(float, p)) for p in polys if len(p) >= 6]
+POLYGON_MARGIN = 0.25  # polygon points may lie this fraction of the image's side outside it
+
+
+def check_polygons(polys: Any, h: int, w: int, where: str = "polygon") -> list[list[float]]:
+    """COCO polygons as lists of floats, or :class:`AnnotationError` naming ``where``.
+
+    Each polygon is a flat list ``[x1, y1, x2, y2, ...]`` of an even length; every
+    coordinate must be finite and within ``POLYGON_MARGIN`` of the image's side outside
+    the ``w x h`` image (a NaN or 1e9 reaching pycocotools can exhaust the memory).
+    Polygons with fewer than 3 points are left out.
+    """
+    if not isinstance(polys, (list, tuple)):
+        raise AnnotationError(f"{where}: expected a list of polygons, got {type(polys).__name__}.")
+    mx, my = POLYGON_MARGIN * w + 1, POLYGON_MARGIN * h + 1
+    out = []
+    for k, poly in enumerate(polys):
+        if not isinstance(poly, (list, tuple)):
+            raise AnnotationError(f"{where}: polygon {k} is a {type(poly).__name__}, not a list "
+                                  "of coordinates (an RLE belongs in 'segmentation' alone).")
+        try:
+            pts = np.asarray(poly, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise AnnotationError(f"{where}: polygon {k} holds non-numeric values.") from exc
+        if pts.ndim != 1 or pts.size % 2:
+            raise AnnotationError(f"{where}: polygon {k} has {pts.size} numbers; a polygon is "
+                                  "a flat list of x, y pairs.")
+        if not np.all(np.isfinite(pts)):
+            raise AnnotationError(f"{where}: polygon {k} has a non-finite coordinate (NaN or inf).")
+        xs, ys = pts[0::2], pts[1::2]
+        if xs.size and (xs.min() < -mx or xs.max() > w + mx or ys.min() < -my or ys.max() > h + my):
+            raise AnnotationError(f"{where}: polygon {k} reaches ({xs.min():.4g}..{xs.max():.4g}, "
+                                  f"{ys.min():.4g}..{ys.max():.4g}), far outside the {w}x{h} "
+                                  "image; check the coordinate frame.")
+        if pts.size >= 6:
+            out.append(pts.tolist())
+    return out
+
+
+def segmentation_to_mask(seg: Any, h: int, w: int, where: str = "segmentation") -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, an RLE dict, or a list of RLE dicts) -> (h, w)
+    uint8 0/1; :class:`AnnotationError` naming ``where`` for anything malformed."""
+    if isinstance(seg, dict):
+        return rle_to_mask(seg, h, w, where=where)
+    if isinstance(seg, (list, tuple)) and seg and all(isinstance(s, dict) for s in seg):
+        out = np.zeros((h, w), np.uint8)
+        for s in seg:
+            out |= rle_to_mask(s, h, w, where=where)
+        return out
+    polys = check_polygons(seg, h, w, where)
     if not polys:
         return np.zeros((h, w), np.uint8)
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(np.uint8)
+
+
+def polygons_to_mask(polys: Sequence[Sequence[float]] | dict, h: int, w: int,
+                     where: str = "segmentation") -> np.ndarray:
+    """COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` (or an RLE dict, or a list of them)
+    -> (h, w) uint8 0/1; bad coordinates raise :class:`AnnotationError` naming ``where``."""
+    return segmentation_to_mask(polys, h, w, where)
 
 
 def _offset_outward(pts: np.ndarray, d: float = 0.5) -> np.ndarray:
@@ -206,11 +262,21 @@ def mask_to_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]
     OpenCV contours run through boundary pixels, whose centres in the COCO frame (pixel
     ``i`` spans ``[i, i + 1)``) are at ``i + 0.5``; each edge is then moved 0.5 px outward
     onto the pixel borders, so :func:`polygons_to_mask` gives back the same pixels.
+    A contour of fewer than ``min_points`` points (a lone pixel, a one-pixel-wide line)
+    becomes its pixel-border rectangle.
     """
     m = np.ascontiguousarray(np.asarray(mask) > 0, dtype=np.uint8)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [_offset_outward(c.reshape(-1, 2).astype(np.float64) + 0.5).ravel().tolist()
-            for c in contours if len(c) >= min_points]
+            if len(c) >= min_points else _pixel_box(c.reshape(-1, 2)) for c in contours]
+
+
+def _pixel_box(points: np.ndarray) -> list[float]:
+    """The pixel-border rectangle around a contour too short to be a polygon (one pixel,
+    or a one-pixel-wide line), so thin regions are not lost."""
+    x0, y0 = points.min(axis=0).astype(float)
+    x1, y1 = points.max(axis=0).astype(float) + 1.0
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
 
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -219,14 +285,43 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def rle_to_mask(rle: dict, h: int | None = None, w: int | None = None) -> np.ndarray:
-    """COCO RLE (compressed, or uncompressed with a list of counts) -> uint8 0/1 mask."""
-    h, w = (h, w) if h is not None and w is not None else rle["size"]
-    if isinstance(rle["counts"], list):
-        rle = mask_utils.frPyObjects(rle, h, w)
-    elif isinstance(rle["counts"], str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(np.uint8)
+def _rle_size(size: Any, where: str) -> tuple[int, int] | None:
+    """An RLE's ``size`` as (h, w), None when absent; AnnotationError when malformed."""
+    if size is None:
+        return None
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) and v >= 0 for v in size)):
+        raise AnnotationError(f"{where}: RLE 'size' must be [height, width], got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def rle_to_mask(rle: dict, h: int | None = None, w: int | None = None,
+                where: str = "RLE") -> np.ndarray:
+    """COCO RLE (compressed, or uncompressed with a list of counts) -> uint8 0/1 mask;
+    :class:`AnnotationError` naming ``where`` when it is malformed or of another size."""
+    if not isinstance(rle, dict) or "counts" not in rle:
+        raise AnnotationError(f"{where}: an RLE needs 'size' and 'counts'; got {str(rle)[:80]}.")
+    size = _rle_size(rle.get("size"), where)
+    if size is None and (h is None or w is None):
+        raise AnnotationError(f"{where}: the RLE has no 'size' and no image size was given.")
+    h, w = (int(h), int(w)) if h is not None and w is not None else size
+    if size is not None and size != (h, w):
+        raise AnnotationError(f"{where}: the RLE is {size[1]}x{size[0]} but the image is {w}x{h}.")
+    counts = rle["counts"]
+    try:
+        if isinstance(counts, list):
+            if any(not isinstance(c, (int, np.integer)) or c < 0 for c in counts) or sum(counts) != h * w:
+                raise AnnotationError(f"{where}: uncompressed RLE counts must be non-negative "
+                                      f"integers summing to {h}x{w} = {h * w}.")
+            rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        else:
+            raise AnnotationError(f"{where}: RLE counts must be a list or a string, "
+                                  f"not {type(counts).__name__}.")
+        return mask_utils.decode(rle).astype(np.uint8)
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise AnnotationError(f"{where}: malformed RLE ({exc}).") from exc
 
 
 # ---------------------------------------------------------------- validation

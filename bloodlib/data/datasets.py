@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import AnnotationError, MaskError, UnknownClassError
 from ..io import read_image
+from .convert import segmentation_to_mask
 from .records import LabelledImage, MaskedImage
 
 Size = Union[int, tuple[int, int]]
@@ -38,22 +39,12 @@ def _hw(size: Size) -> list[int]:
     return [size, size] if isinstance(size, int) else [int(size[0]), int(size[1])]
 
 
-def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
-    """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) -> (H, W) uint8 0/1."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(seg, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(seg, height, width)
-    elif isinstance(seg, dict):
-        rle = seg
-    else:
-        raise AnnotationError(f"Unsupported COCO segmentation of type {type(seg).__name__}; "
-                              "expected polygons (list) or RLE (dict).")
+def decode_segmentation(seg: Any, height: int, width: int, where: str = "segmentation") -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) -> (H, W) uint8 0/1;
+    malformed or far-out-of-image coordinates raise :class:`AnnotationError`."""
     with warnings.catch_warnings():  # pycocotools vs NumPy 2 "copy keyword" notice
         warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rle).astype(np.uint8)
+        return segmentation_to_mask(seg, height, width, where)
 
 
 class DetectionDataset(Dataset):

@@ -12,6 +12,9 @@ bands. Areas are recomputed from the transformed polygons. Images and annotation
 ``orig_width`` and ``orig_height`` are kept. The nucleus file calls its category
 "cell"; it is renamed "nucleus". Annotated images missing from the image folder are
 skipped and listed in ``info["missing_images"]`` (locally: valid 610.bmp, so 199 of 200).
+Annotations whose polygons are malformed, not finite or far outside their image are
+left out with a warning and listed in ``info["invalid_annotations"]`` (file, image,
+annotation and problem), so one bad polygon never costs the rest of the split.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pycocotools import mask as mask_utils
 
 from ...errors import AnnotationError, DatasetNotFoundError
 from ...io import image_size
+from ..convert import check_polygons
 from ..records import new_coco
 from ._common import _root
 
@@ -36,6 +40,17 @@ def letterbox_transform(orig_w: int, orig_h: int, w: int, h: int) -> tuple[float
     """(scale, dx, dy) mapping original pixel coordinates into a letterboxed ``w x h`` image."""
     scale = min(w / orig_w, h / orig_h)
     return scale, (w - orig_w * scale) / 2.0, (h - orig_h * scale) / 2.0
+
+
+def _scaled_polygons(seg: Any, scale: float, dx: float, dy: float, im: dict,
+                     where: str) -> list[list[float]]:
+    """Checked polygons moved into the letterboxed frame; AnnotationError when a
+    coordinate is malformed, not finite or far outside the image, or none has 3 points."""
+    polys = check_polygons(seg, im["orig_height"], im["orig_width"], where)
+    polys = [[v * scale + (dx if i % 2 == 0 else dy) for i, v in enumerate(p)] for p in polys]
+    if not polys:
+        raise AnnotationError(f"{where}: no polygon with 3 or more points.")
+    return polys
 
 
 def load_segpc(split: str = "train", target: str = "cell", root: Path | str | None = None) -> dict[str, Any]:
@@ -52,6 +67,7 @@ def load_segpc(split: str = "train", target: str = "cell", root: Path | str | No
     img_dir = root / "MultipleMyeloma-ImageMask-Dataset_V2" / folder / "images"
     coco = new_coco([target], dataset="segpc2021", split=folder)
     coco["info"]["missing_images"] = []
+    coco["info"]["invalid_annotations"] = []
     new_ids: dict[int, tuple[int, float, float, float]] = {}
     for im in src["images"]:
         stem = Path(im["file_name"]).stem
@@ -71,11 +87,13 @@ def load_segpc(split: str = "train", target: str = "cell", root: Path | str | No
             continue
         image_id, scale, dx, dy = new_ids[ann["image_id"]]
         im = coco["images"][image_id - 1]
-        polys = [[v * scale + (dx if i % 2 == 0 else dy) for i, v in enumerate(p)]
-                 for p in ann["segmentation"]]
-        polys = [p for p in polys if len(p) >= 6]
-        if not polys:
-            raise AnnotationError(f"{found[0].name}: annotation {ann['id']} has no polygon with 3+ points.")
+        where = f"{found[0]}: image {im['file_name']} (id {ann['image_id']}), annotation {ann['id']}"
+        try:
+            polys = _scaled_polygons(ann["segmentation"], scale, dx, dy, im, where)
+        except AnnotationError as exc:
+            coco["info"]["invalid_annotations"].append({"annotation": ann["id"],
+                                                        "image": im["file_name"], "problem": str(exc)})
+            continue
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, im["height"], im["width"]))
         x, y, bw, bh = ann["bbox"]
         coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
@@ -83,6 +101,10 @@ def load_segpc(split: str = "train", target: str = "cell", root: Path | str | No
                                     "bbox": [x * scale + dx, y * scale + dy, bw * scale, bh * scale],
                                     "area": float(mask_utils.area(rle)), "segmentation": polys,
                                     "iscrowd": 0})
+    if coco["info"]["invalid_annotations"]:
+        warnings.warn(f"SegPC {folder}: {len(coco['info']['invalid_annotations'])} annotations with "
+                      "bad polygons were left out (listed in info['invalid_annotations']): "
+                      f"{coco['info']['invalid_annotations'][0]['problem']}", stacklevel=2)
     if coco["info"]["missing_images"]:
         warnings.warn(f"SegPC {folder}: {len(coco['info']['missing_images'])} annotated images are not in "
                       f"{img_dir}: {coco['info']['missing_images']} (skipped)", stacklevel=2)
