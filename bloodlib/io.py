@@ -7,7 +7,9 @@ Documented conversions (never silent failures):
 * grayscale (L, 1-bit, palette) -> the gray channel replicated to RGB;
 * RGBA / LA -> composited over a white background (a smear's background is light);
 * 16-bit (I;16, I) or 48-bit -> scaled to 8 bits over the full 16-bit range;
-* corrupt, truncated, empty or missing files -> ``ImageReadError`` naming the file.
+* corrupt, truncated, empty or missing files -> ``ImageReadError`` naming the file;
+* more pixels than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` x 2,
+  about 179 MP) -> ``ImageReadError`` before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def _open(path: PathLike) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()  # decode now so truncation is detected here
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"Image {path} is too large to decode safely ({exc}). It may be a "
+                             "decompression bomb; a genuine whole-slide image must be cut into "
+                             "tiles first.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
         # ImportError: once ultralytics is imported it patches Image.open to retry unknown
         # files with an optional HEIF plugin, which fails with ModuleNotFoundError
@@ -103,5 +109,5 @@ def image_size(path: PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+    except (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"Cannot read image header of {path}: {exc}") from exc

@@ -105,3 +105,76 @@ def test_models_command_lists_the_store(store, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny-seg" in out and "segment" in out
+
+
+# ----------------------------------------------------------------------------- issue 24, items 2-4
+@pytest.fixture
+def hostile(tmp_path):
+    """Two good smears beside a 1x1 image, a 20000x20000 PNG (a decompression bomb of
+    49 KB), a symbolic-link loop and a broken link."""
+    import os
+    d = tmp_path / "hostile"
+    (d / "sub").mkdir(parents=True)
+    Image.fromarray(smear(0)).save(d / "a.png")
+    Image.fromarray(smear(1)).save(d / "sub" / "b.png")
+    Image.new("RGB", (1, 1)).save(d / "tiny.png")
+    Image.new("1", (20000, 20000)).save(d / "bomb.png")
+    os.symlink("loop", d / "loop")                  # a link to itself
+    os.symlink("..", d / "sub" / "up")              # a folder link back to its parent
+    os.symlink("gone.png", d / "broken.png")
+    return d
+
+
+def test_bad_images_cost_no_good_one(store, hostile, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["predict", str(hostile), "--task", "segment", "--model", "tiny-seg",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    skipped = pd.read_csv(out / "skipped.csv")
+    reasons = {p.split("/")[-1]: r for p, r in zip(skipped["image"], skipped["reason"])}
+    assert "too small" in reasons["tiny.png"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    assert reasons["loop"] == "symbolic link loop"
+    assert "symbolic link loop" in reasons["up"]
+    assert "broken symbolic link" in reasons["broken.png"]
+    areas = pd.read_csv(out / "areas.csv")
+    assert sorted({p.split("/")[-1] for p in areas["image"]}) == ["a.png", "b.png"]
+    assert len(pd.read_csv(out / "counts.csv")) == 2
+    assert "2 image(s) processed, 5 skipped" in capsys.readouterr().out
+
+
+def test_a_model_error_on_one_image_skips_only_that_image(folder, tmp_path):
+    class Fragile(StubDetector):
+        def predict(self, image, **kw):
+            if image.mean() > 0:  # every image; the message must reach skipped.csv
+                raise RuntimeError("CUDA out of memory (simulated)")
+    files, _ = collect_inputs([folder / "a.png"])
+    rep = predict_files(files, Fragile(), tmp_path / "out", progress=False)
+    assert not rep.processed and "out of memory" in rep.skipped[0][1]
+    assert (tmp_path / "out" / "skipped.csv").is_file() and (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_images_over_the_pixel_limit_are_shrunk_and_reported_in_original_pixels(folder, tmp_path):
+    import json
+    files = [folder / "a.png"]  # 128 x 96
+    small = predict_files(files, StubDetector(), tmp_path / "small", progress=False,
+                          max_pixels=128 * 96 // 4, overlays=False)
+    full = predict_files(files, StubDetector(), tmp_path / "full", progress=False, overlays=False)
+    (path, factor), = small.downscaled
+    assert factor == pytest.approx(2.0, rel=0.01)
+    # the stub's fixed boxes are in the shrunk image's pixels, so they come back doubled
+    assert small.rows[0]["x2"] == pytest.approx(full.rows[0]["x2"] * 2)
+    assert small.rows[0]["y2"] == pytest.approx(full.rows[0]["y2"] * 2)
+    summary = json.loads((tmp_path / "small" / "summary.json").read_text())
+    assert summary["downscaled"][0]["factor"] == pytest.approx(factor)
+
+
+def test_out_pointing_at_a_file_is_a_clear_error(store, folder, tmp_path, capsys):
+    target = tmp_path / "results.csv"
+    target.write_text("keep me")
+    rc = main(["predict", str(folder), "--task", "segment", "--model", "tiny-seg",
+               "--out", str(target), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "is an existing file" in err and "Traceback" not in err
+    assert target.read_text() == "keep me"
