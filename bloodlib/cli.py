@@ -51,11 +51,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .inference.store import list_models, models_dir
+    import warnings
 
-    df = list_models(args.task)
+    from .inference.store import list_models, models_dir, unusable_models
+
+    with warnings.catch_warnings():  # the unusable ones are listed below instead
+        warnings.simplefilter("ignore", UserWarning)
+        df = list_models(args.task)
     print(f"model store: {models_dir()}")
     print(df.drop(columns=["path"]).to_string(index=False) if not df.empty else "(no models)")
+    bad = unusable_models()
+    if bad:
+        print(f"\nunusable ({len(bad)}; the rest of the store works):")
+        for name, reason in bad:
+            print(f"  {name}: {reason}")
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -97,8 +98,9 @@ def _preferred_example(task: str, names: Sequence[str]) -> Optional[str]:
     return names[0] if names else None
 
 
-def decode_image(source: ImageSource) -> np.ndarray:
-    """An RGB uint8 array from an array, encoded bytes (PNG/JPEG/BMP ...) or a path."""
+def decode_image(source: ImageSource, name: Optional[str] = None) -> np.ndarray:
+    """An RGB uint8 array from an array, encoded bytes (PNG/JPEG/BMP ...) or a path;
+    errors name ``name`` (the uploaded file's name) when given."""
     from PIL import Image, UnidentifiedImageError
 
     from .errors import ImageReadError
@@ -108,13 +110,22 @@ def decode_image(source: ImageSource) -> np.ndarray:
         return check_image(source)
     if isinstance(source, (str, Path)):
         return read_image(source)
+    label = repr(name) if name else "the uploaded file"
     try:
         img = Image.open(io.BytesIO(bytes(source)))
         img.load()
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"Cannot use {label}: it is too large to decode safely (more than "
+                             f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP; possibly a "
+                             "decompression bomb). Upload a smaller image or a tile of it.") from None
     except (UnidentifiedImageError, OSError, ValueError, ImportError) as exc:  # see bloodlib.io
-        raise ImageReadError(f"Cannot decode the uploaded file: {exc}. Upload a PNG, JPEG, "
-                             "BMP or TIFF image.") from exc
-    return check_image(to_rgb_uint8(img))
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", label, str(exc))
+        raise ImageReadError(f"Cannot decode {label}: {detail}. Upload a PNG, JPEG, BMP or "
+                             "TIFF image.") from None
+    try:
+        return check_image(to_rgb_uint8(img))
+    except BloodlibError as exc:
+        raise type(exc)(f"{label}: {exc}") from None
 
 
 def _png(rgb: np.ndarray, max_side: int = 900) -> bytes:
@@ -281,7 +292,7 @@ class PredictionDemo:
     def load_image(self, source: ImageSource, name: Optional[str] = None,
                    replace: bool = False) -> np.ndarray:
         """Add an image (array, encoded bytes or path); ``replace`` clears the others."""
-        image = decode_image(source)
+        image = decode_image(source, name)
         if replace:
             self.images.clear()
         label = name or (Path(source).name if isinstance(source, (str, Path)) else
@@ -307,7 +318,9 @@ class PredictionDemo:
     def _on_upload(self, files: Any) -> None:
         if not files:
             return
-        self.images.clear()
+        self.images.clear()  # a failed upload must not leave the previous result on show
+        self.predictions.clear()
+        self._render()
         try:
             for f in files:  # ipywidgets 8: a tuple of dicts with name, content, ...
                 self.load_image(f["content"], f["name"])

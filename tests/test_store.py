@@ -144,3 +144,97 @@ def test_quick_model_of_a_missing_experiment_says_so(tmp_path):
     with pytest.raises(BloodlibError, match="No quick model for task 'count'"):
         quick_models.train_quick_model("count", tmp_path)
     assert {"segment", "classify", "detect"} <= set(quick_models.quick_model_tasks())
+
+
+# ----------------------------------------------------------------------------- issue 24, items 5-8
+def _save_raw(folder, name: str, meta) -> None:
+    """A checkpoint written around the store's checks, as a hand-edited file would be."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_segmentation_model("wcsegnet", 4, width=1 / 16)
+    torch.save({"format": 1, "model_state": model.state_dict(), "meta": meta},
+               folder / f"{name}.pt")
+
+
+GOOD = {"task": "segment", "architecture": "wcsegnet", "input_size": 32,
+        "architecture_kwargs": {"width": 1 / 16},
+        "classes": ["background", "neutrophil", "lymphocyte", "basophil"]}
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({**GOOD, "classes": 5}, "'classes' must be a list"),
+    ([1, 2], "must be a mapping"),
+    ({**GOOD, "architecture_kwargs": "width=1"}, "'architecture_kwargs' must be dict"),
+    ({**GOOD, "input_size": "big"}, "'input_size'"),
+    ({**GOOD, "metrics": [0.5]}, "'metrics' must be dict"),
+])
+def test_malformed_metadata_is_listed_as_unusable_and_the_store_keeps_working(
+        models, bad, reason, capsys):
+    """Item 5: `bloodlib models`, the default model of predict and the widget survive."""
+    from bloodlib.cli import main
+    from bloodlib.widgets import PredictionDemo
+    store_tiny_segmenter(models)
+    _save_raw(models, "broken", bad)
+    (name, why), = store.unusable_models()
+    assert name == "broken" and reason in why
+    with pytest.warns(UserWarning, match="Skipping"):
+        assert list(store.list_models()["name"]) == ["tiny-seg"]
+    assert store.default_model("segment") == "tiny-seg"
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-seg" in out and "unusable (1" in out and "broken:" in out
+    demo = PredictionDemo(task="segment", auto_run=False)
+    assert demo.model.value == "tiny-seg"
+    with pytest.raises(store.ModelFormatError, match=reason.split("'")[1] if "'" in reason else "mapping"):
+        store.load_predictor("broken")
+
+
+def test_class_names_that_do_not_match_the_head_are_refused(models):
+    """Item 6: "WBC" is not three classes, and 2 names for a 4-way head are refused."""
+    _save_raw(models, "letters", {**GOOD, "classes": "WBC"})
+    with pytest.raises(store.ModelFormatError, match="letter by letter"):
+        store.load_predictor("letters")
+    _save_raw(models, "two", {**GOOD, "classes": ["background", "nucleus"],
+                              "architecture_kwargs": {"width": 1 / 16, "num_classes": 4}})
+    with pytest.raises(store.ModelFormatError, match="4 outputs but the metadata names 2"):
+        store.load_predictor("two")
+    _save_raw(models, "two-default", {**GOOD, "classes": ["background", "nucleus"]})
+    with pytest.raises(store.ModelFormatError, match="one name per output"):
+        store.load_predictor("two-default")  # the head is built from the names: weights differ
+
+
+def test_detector_class_list_must_match_its_head(tmp_path):
+    from bloodlib.inference.detection import DetectorPredictor, detector_meta
+    from bloodlib.models.detection import build_detector
+    model = build_detector("faster_rcnn", "mobilenet_v3_large", num_classes=4, min_size=64, max_size=64)
+    meta = detector_meta(model, ["WBC", "RBC", "Platelets"])
+    meta["classes"] = ["WBC", "RBC"]
+    save_checkpoint(tmp_path / "det.pt", model, meta)
+    with pytest.raises(store.ModelFormatError, match="3 outputs but the metadata names 2"):
+        DetectorPredictor.from_checkpoint(tmp_path / "det.pt")
+
+
+def test_names_resolve_inside_the_store_only(models, tmp_path, monkeypatch):
+    """Item 7: '../x' must not reach store/../x.pt; a file elsewhere is named as a path."""
+    path = store_tiny_segmenter(models)
+    outside = tmp_path / "x.pt"
+    outside.write_bytes(path.read_bytes())
+    with pytest.raises(store.ModelNotFoundError, match="No model file at ../x"):
+        store.resolve_model("../x")
+    with pytest.raises(store.ModelNotFoundError, match="neither a model name"):
+        store.resolve_model("..")
+    assert store.resolve_model("tiny-seg") == path.resolve()
+    assert store.resolve_model(outside) == outside.resolve()  # an explicit path works
+    monkeypatch.chdir(models)
+    assert store.resolve_model("../x.pt") == outside.resolve()
+
+
+def test_empty_and_random_files_are_not_checkpoints(models):
+    """Item 8: no confusing mmap message."""
+    models.mkdir(parents=True)
+    (models / "empty.pt").write_bytes(b"")
+    (models / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(store.ModelFormatError, match="empty \\(0 bytes\\), not a model checkpoint"):
+        store.load_predictor("empty")
+    with pytest.raises(store.ModelFormatError, match="not a model checkpoint \\(not a PyTorch file"):
+        store.load_predictor("random")
+    assert dict(store.unusable_models()).keys() == {"empty", "random"}

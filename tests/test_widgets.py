@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bloodlib.errors import BloodlibError, ImageReadError
+from bloodlib.errors import BloodlibError, ImageReadError, InvalidImageError
 from bloodlib.inference.common import preprocessing_available
 from bloodlib.widgets import NO_CLASSIFIER, PredictionDemo, decode_image
 from stub_predictors import StubClassifier, StubDetector, png_bytes, smear, store_tiny_segmenter
@@ -115,3 +115,32 @@ def test_bad_upload_is_a_clear_error():
     with pytest.raises(ImageReadError, match="Cannot decode the uploaded file"):
         decode_image(b"definitely not an image")
     assert decode_image(np.zeros((10, 10, 3), np.uint8)).shape == (10, 10, 3)
+
+
+def test_failed_upload_clears_the_previous_result(store, tmp_path):
+    """Issue 24 item 17: after a bad upload nothing old stays on screen or in export()."""
+    from bloodlib.errors import BloodlibError
+    demo = PredictionDemo(export_dir=tmp_path / "exports")
+    upload = {"type": "image/png", "size": 1, "last_modified": datetime.now(timezone.utc)}
+    demo.upload.value = ({**upload, "name": "good.png", "content": memoryview(png_bytes(smear(3)))},)
+    assert demo.predictions and demo.gallery.children
+    demo.upload.value = ({**upload, "name": "broken.png", "content": memoryview(b"junk")},)
+    assert not demo.predictions and not demo.gallery.children and not demo.images
+    assert "broken.png" in demo.message and "BytesIO" not in demo.message
+    with pytest.raises(BloodlibError, match="Nothing to export"):
+        demo.export(tmp_path / "out.csv")
+
+
+def test_uploaded_decompression_bomb_gets_a_clear_message():
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    with pytest.raises(ImageReadError, match="'bomb.png'.*too large to decode safely"):
+        decode_image(buf.getvalue(), "bomb.png")
+    with pytest.raises(ImageReadError, match="'junk.bin'") as err:
+        decode_image(b"junk", "junk.bin")
+    assert "BytesIO" not in str(err.value)
+    with pytest.raises(InvalidImageError, match="'one.png'.*too small"):
+        decode_image(png_bytes(np.zeros((1, 1, 3), np.uint8)), "one.png")

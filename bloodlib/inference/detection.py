@@ -95,11 +95,14 @@ class DetectorPredictor(Predictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "DetectorPredictor":
         """Rebuild the detector named in the checkpoint's metadata and load its weights."""
-        from .store import ModelFormatError, read_task_checkpoint, rebuild_model
+        from .store import ModelFormatError, check_head, read_task_checkpoint, rebuild_model
         ckpt, meta = read_task_checkpoint(path, "detect", "a detector")
         if meta["architecture"] == "yolo":
             from ..yolo import load_yolo_checkpoint
             model, _ = load_yolo_checkpoint(path, device)
+            head = getattr(getattr(model, "model", None), "model", None)
+            if head is not None and hasattr(head[-1], "nc"):
+                check_head(path, meta, int(head[-1].nc), "YOLO model")
             return cls(model, meta, device)
         if meta["architecture"] != DETECTOR_ARCHITECTURE:
             raise ModelFormatError(f"{path}: unknown detector architecture "
@@ -107,6 +110,8 @@ class DetectorPredictor(Predictor):
                                    f"{DETECTOR_ARCHITECTURE!r} or 'yolo'.")
         from ..models.detection import build_detector
         kwargs = {**(meta.get("architecture_kwargs") or {}), "pretrained_backbone": False}
+        check_head(path, meta, int(kwargs.get("num_classes", 4)) - 1,
+                   "detector (background excluded)")
         model = rebuild_model(path, lambda: build_detector(**kwargs), ckpt["model_state"],
                               f"the detector with {kwargs}")
         return cls(model, meta, device)

@@ -104,10 +104,11 @@ class SegmenterPredictor(Predictor):
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "SegmenterPredictor":
         """Rebuild the model named in the checkpoint's metadata and load its weights."""
         from ..models.segmentation_zoo import build_segmentation_model
-        from .store import read_task_checkpoint, rebuild_model
+        from .store import check_head, read_task_checkpoint, rebuild_model
         ckpt, meta = read_task_checkpoint(path, "segment", "a segmentation one")
         kwargs = dict(meta.get("architecture_kwargs") or {})
         num_classes = int(kwargs.pop("num_classes", len(meta["classes"])))
+        check_head(path, meta, num_classes, f"{meta['architecture']!r} model")
         model = rebuild_model(
             path, lambda: build_segmentation_model(meta["architecture"], num_classes, **kwargs),
             ckpt["model_state"], f"{meta['architecture']!r} with {kwargs}")
