@@ -131,8 +131,9 @@ def _count_saves(monkeypatch) -> list[str]:
 
 
 def test_checkpoints_written_at_most_every_interval(tmp_path: Path, monkeypatch):
-    """A long interval: one write of each file at the end, the best file holding the
-    best epoch's weights (taken in memory), the model ending with them."""
+    """A long interval: each file written after the first epoch (so an early kill loses
+    at most one epoch) and once at the end, the best file holding the best epoch's
+    weights (taken in memory), the model ending with them."""
     saves = _count_saves(monkeypatch)
     ckpt = tmp_path / "best.pt"
     model, loader, val, opt = _setup()
@@ -147,7 +148,8 @@ def test_checkpoints_written_at_most_every_interval(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(trainer._CheckpointWriter, "epoch_done", spy)
     hist = fit(model, loader, val, nn.CrossEntropyLoss(), opt, epochs=5, monitor="val_loss",
                mode="min", checkpoint_path=ckpt, checkpoint_every_s=3600, **FAST)
-    assert sorted(saves) == ["best.pt", "best_last.pt"]
+    assert saves.count("best_last.pt") == 2 and 1 <= saves.count("best.pt") <= 2
+    assert saves[:2] == ["best_last.pt", "best.pt"]  # after epoch 1
     saved = load_checkpoint(ckpt)
     assert saved["epoch"] == hist.best_epoch and saved["optimizer_state"] is None
     for k, v in bests[hist.best_epoch].items():

@@ -187,7 +187,7 @@ def test_quick_model_follows_the_store_contract(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOODLIB_DATA", str(tmp_path / "none"))
     (tmp_path / "none").mkdir()
     with pytest.warns(UserWarning):
-        model, meta = mc.quick_model(tmp_path, 0, time_budget_s=1.0)
+        model, meta = mc.quick_model(tmp_path, 0, steps=2)
     assert meta["task"] == "detect" and meta["classes"] == ["WBC", "RBC", "Platelets"]
     assert meta["architecture"] == "torchvision_detector" and "AP50" in meta["metrics"]
     assert meta["training_data"]["source"] == "synthetic"

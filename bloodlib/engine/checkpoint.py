@@ -56,9 +56,11 @@ def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tens
                     optimizer: Optional[torch.optim.Optimizer] = None,
                     epoch: Optional[int] = None, *, scheduler: Any = None,
                     history: Optional[list[dict]] = None,
-                    extra: Optional[Mapping[str, Any]] = None) -> Path:
+                    extra: Optional[Mapping[str, Any]] = None,
+                    rng: Optional[Mapping[str, Any]] = None) -> Path:
     """Write model (a module, or its ``state_dict``) and optionally optimizer/scheduler
-    state, epoch and history to ``path``.
+    state, epoch, history and the random-number state (``rng``, for an exact resume) to
+    ``path``.
 
     The file is written to a temporary name and renamed, so an interrupted save never
     leaves a truncated checkpoint behind.
@@ -75,6 +77,8 @@ def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tens
         "history": jsonable(list(history or [])),
         "extra": jsonable(dict(extra or {})),
     }
+    if rng is not None:  # tensors and numbers from bloodlib.engine.rng.rng_state
+        payload["rng_state"] = dict(rng)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

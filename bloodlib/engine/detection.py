@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .trainer import _amp_dtype, _autocast, _bar, _eval_mode
+from .rng import rng_state, set_rng_state
+from .trainer import _amp_dtype, _autocast, _bar, _eval_mode, resolve_resume
 
 __all__ = ["Stage", "PAPER1_STAGES", "LOSS_KEYS", "LOSS_LABELS", "DetectionTraining",
            "train_detector", "scale_stages", "predict_coco", "evaluate_detector",
@@ -148,17 +149,46 @@ def _images_to_device(images: Sequence[torch.Tensor], device: torch.device) -> l
             for i in images]
 
 
-def _cycle(loader: Iterable) -> Iterator[tuple[int, Any]]:
-    """``(epoch, batch)`` forever (epochs from 0)."""
-    epoch = 0
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield epoch, batch
-        if empty:
-            raise ValueError("The training loader is empty; check the dataset/split.")
-        epoch += 1
+class _Batches:
+    """``(epoch, batch)`` forever (epochs from 0), remembering the random-number state at
+    the start of the epoch and the position in it, so that a resumed run draws the same
+    batches as an uninterrupted one (:meth:`state` / :meth:`restore`)."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader, self.epoch, self.position = loader, 0, 0
+        self.epoch_rng: Optional[dict[str, Any]] = None
+        self._it: Optional[Iterator[Any]] = None
+
+    def __iter__(self) -> "_Batches":
+        return self
+
+    def __next__(self) -> tuple[int, Any]:
+        if self._it is None:
+            self.epoch_rng, self._it, self.position = rng_state([self.loader]), iter(self.loader), 0
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            if self.position == 0:
+                raise ValueError("The training loader is empty; check the dataset/split.") from None
+            self.epoch, self._it = self.epoch + 1, None
+            return next(self)
+        self.position += 1
+        return self.epoch, batch
+
+    def state(self) -> dict[str, Any]:
+        """Where the iteration is, with the epoch's starting random state."""
+        return {"epoch": self.epoch, "position": self.position, "epoch_rng": self.epoch_rng}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Replay the epoch's start and skip the batches already used."""
+        self.epoch, self.epoch_rng = int(state["epoch"]), state["epoch_rng"]
+        if self.epoch_rng is None:
+            return
+        set_rng_state(self.epoch_rng, [self.loader])
+        self._it = iter(self.loader)
+        for _ in range(int(state["position"])):
+            next(self._it)
+        self.position = int(state["position"])
 
 
 # ----------------------------------------------------------------------------- training
@@ -197,7 +227,8 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
                    checkpoint_path: Optional[str | Path] = None,
                    checkpoint_meta: Optional[Mapping[str, Any]] = None,
                    checkpoint_every: Optional[int] = None,
-                   resume_from: Optional[str | Path] = None,
+                   checkpoint_every_s: Optional[float] = 60.0,
+                   resume_from: Any = None,
                    time_budget_s: Optional[float] = None,
                    evaluate: Optional[Callable[[nn.Module], Mapping[str, float]]] = None,
                    eval_every: Optional[int] = None, monitor: str = "AP50",
@@ -211,9 +242,12 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
     are clipped to norm ``grad_clip``. ``time_budget_s`` stops after the step that passes
     it. ``evaluate(model) -> {metric: value}`` runs every ``eval_every`` steps and at the
     end; with ``keep_best`` the model ends with the weights scoring best on ``monitor``.
-    ``checkpoint_path`` gets the final weights (every ``checkpoint_every`` steps too) with
-    ``checkpoint_meta``; ``resume_from`` continues such a checkpoint (weights, optimizer,
-    step, log). Raises FloatingPointError when the loss stops being finite.
+    ``checkpoint_path`` gets the final weights with ``checkpoint_meta``, and the latest
+    state after the first step, then every ``checkpoint_every`` steps and every
+    ``checkpoint_every_s`` seconds; ``resume_from`` continues such a checkpoint (weights,
+    optimizer, step, log, and the random-number state and position in the epoch, so the
+    batches are those of an uninterrupted run); ``"auto"`` continues ``checkpoint_path``
+    when it exists. Raises FloatingPointError when the loss stops being finite.
     """
     import pandas as pd
     if stages is None:
@@ -232,6 +266,8 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
     rows: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     step, images, elapsed0 = 0, 0, 0.0
+    batches = _Batches(loader)
+    resume_from = resolve_resume(resume_from, Path(checkpoint_path) if checkpoint_path else None)
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, model, map_location=device, optimizer=optimizer)
         step = int(ckpt["extra"].get("step", 0))
@@ -240,6 +276,9 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
         rows = list(ckpt.get("history") or [])
         evals = list(ckpt["extra"].get("evals", []))
         checkpoint_meta = ckpt.get("meta") if checkpoint_meta is None else checkpoint_meta
+        if ckpt.get("rng_state") is not None:
+            batches.restore(ckpt["rng_state"]["batches"])
+            set_rng_state(ckpt["rng_state"]["now"], [loader])
     best = {"score": None, "step": None, "state": None}
     stage_idx = -1
     t0 = time.monotonic()
@@ -260,15 +299,23 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
                 best["state"] = {k: v.detach().to("cpu", copy=True)
                                  for k, v in model.state_dict().items()}
 
+    last_save = [time.monotonic(), None]
+
     def save() -> None:
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, checkpoint_meta, optimizer, history=rows,
                             extra={"step": step, "images": images, "evals": evals,
-                                   "seconds": elapsed0 + time.monotonic() - t0})
+                                   "seconds": elapsed0 + time.monotonic() - t0},
+                            rng={"now": rng_state([loader]), "batches": batches.state()})
+            last_save[:] = [time.monotonic(), step]
+
+    def save_due() -> bool:
+        return (last_save[1] is None or bool(checkpoint_every and step % checkpoint_every == 0)
+                or (checkpoint_every_s is not None
+                    and time.monotonic() - last_save[0] >= checkpoint_every_s))
 
     model.train()
     bar = _bar(range(step, total), total - step, "train", progress, leave=False)
-    batches = _cycle(loader) if step < total else iter(())
     for _ in bar:
         i, stage, _ = _stage_at(stages, step)
         if i != stage_idx:
@@ -314,7 +361,7 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
         if eval_every and step % eval_every == 0 and step < total:
             run_eval()
             model.train()
-        if checkpoint_every and step % checkpoint_every == 0:
+        if save_due():
             save()
         if deadline is not None and time.monotonic() > deadline and step < total:
             stop_reason = "time_budget"

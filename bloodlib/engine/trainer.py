@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from .checkpoint import _unwrap, load_checkpoint, save_checkpoint
+from .rng import rng_state, set_rng_state
 
 __all__ = ["History", "fit", "train_one_epoch", "mean_loss", "evaluate_segmentation",
-           "segmentation_evaluator", "predict_segmentation", "last_checkpoint_path"]
+           "segmentation_evaluator", "predict_segmentation", "last_checkpoint_path",
+           "resolve_resume"]
 
 Evaluator = Callable[[nn.Module, Iterable, torch.device], Mapping[str, float]]
 
@@ -145,6 +147,23 @@ def last_checkpoint_path(checkpoint_path: str | Path) -> Path:
     return p.with_name(f"{p.stem}_last{p.suffix or '.pt'}")
 
 
+def resolve_resume(resume_from: Any, latest: Optional[Path]) -> Optional[Path]:
+    """The checkpoint to resume from: a path as given, or for ``"auto"`` / True the
+    ``latest`` checkpoint when it exists (None: start from scratch)."""
+    if resume_from in (None, False):
+        return None
+    if resume_from in ("auto", True):
+        if latest is not None and latest.is_file():
+            print(f"resuming from {latest}")
+            return latest
+        return None
+    path = Path(resume_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path} to resume from; give the "
+                                "'*_last.pt' file of an earlier run, or 'auto'.")
+    return path
+
+
 # ----------------------------------------------------------------------------- epochs
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable,
                     optimizer: torch.optim.Optimizer, device: torch.device, *,
@@ -230,12 +249,15 @@ def _resolve_monitor(history: History, row: Mapping[str, Any]) -> None:
 
 
 def _resume(resume_from: str | Path, model: nn.Module, optimizer: Any, scheduler: Any,
-            history: History) -> tuple[int, dict[str, Any]]:
-    """Restore states and history from a checkpoint; returns (next epoch, its meta)."""
+            history: History, loader: Any) -> tuple[int, dict[str, Any]]:
+    """Restore states, history and random-number state (so the next epoch draws the same
+    data order) from a checkpoint; returns (next epoch, its meta)."""
     ckpt = load_checkpoint(resume_from, model, optimizer=optimizer, scheduler=scheduler)
     history.rows = list(ckpt.get("history") or [])
     state = ckpt.get("extra", {}).get("history", {})
     history.best_epoch, history.best_score = state.get("best_epoch"), state.get("best_score")
+    if ckpt.get("rng_state") is not None:
+        set_rng_state(ckpt["rng_state"], [loader])
     return int(ckpt.get("epoch") or history.last_epoch) + 1, dict(ckpt.get("meta") or {})
 
 
@@ -262,7 +284,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
         checkpoint_path: Optional[str | Path] = None,
         checkpoint_meta: Optional[Mapping[str, Any]] = None, restore_best: bool = True,
         amp: Any = "auto", channels_last: Any = "auto",
-        resume_from: Optional[str | Path] = None, max_train_batches: Optional[int] = None,
+        resume_from: Any = None, max_train_batches: Optional[int] = None,
         progress: bool = True, time_budget_s: Optional[float] = None,
         checkpoint_every_s: Optional[float] = 60.0) -> History:
     """Train ``model`` up to epoch ``epochs`` (1-based, counted over resumes).
@@ -272,14 +294,16 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
     epoch by ``monitor``/``mode`` (falling back to ``val_loss`` with a warning when the
     key is absent) is saved to ``checkpoint_path`` with ``checkpoint_meta``; the latest
     epoch to :func:`last_checkpoint_path`, from which ``resume_from`` continues (model,
-    optimizer, scheduler, epoch, history; its meta unless ``checkpoint_meta`` is given).
+    optimizer, scheduler, epoch, history and the random-number state, so the data order
+    is that of an uninterrupted run; its meta unless ``checkpoint_meta`` is given);
+    ``resume_from="auto"`` continues that file when it exists and starts afresh otherwise.
     ``early_stopping_patience`` epochs without improvement (> ``min_delta``) stop
     training; so does ``time_budget_s``, counted from the call (the current batch finishes,
     the partial epoch is validated and recorded). With ``restore_best`` and a checkpoint,
     the model ends with the best weights. With a ``checkpoint_path`` the best weights are
-    copied to memory when they improve, and both files are written at most every
-    ``checkpoint_every_s`` seconds (0 or None: after every epoch) and after the last
-    epoch, so that a large model's checkpoints (a full-width WCSegNet with its Adam state:
+    copied to memory when they improve, and both files are written after the first epoch,
+    then at most every ``checkpoint_every_s`` seconds (0 or None: after every epoch) and
+    after the last epoch, so that a large model's checkpoints (a full-width WCSegNet with its Adam state:
     0.8 GB, about 4 s a file) do not cost more than its epochs; an interrupted run still
     writes its best weights. ``max_train_batches`` caps batches per epoch (quick
     profiling). ``amp`` ("auto", True, False, "bf16", "fp16")
@@ -299,13 +323,15 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
         loss_fn.to(device)
     history = History(monitor=monitor, mode=mode)
     start = 1
+    resume_from = resolve_resume(resume_from, last_checkpoint_path(checkpoint_path)
+                                 if checkpoint_path is not None else None)
     if resume_from is not None:
-        start, old_meta = _resume(resume_from, model, optimizer, scheduler, history)
+        start, old_meta = _resume(resume_from, model, optimizer, scheduler, history, train_loader)
         checkpoint_meta = old_meta if checkpoint_meta is None else checkpoint_meta
     deadline = time.monotonic() + time_budget_s if time_budget_s is not None else None
     batch_sched = scheduler if scheduler_interval == "batch" else None
     writer = _CheckpointWriter(checkpoint_path, checkpoint_meta, optimizer, scheduler,
-                               checkpoint_every_s)
+                               checkpoint_every_s, train_loader)
     epoch_bar = _bar(range(start, epochs + 1), epochs - start + 1, "epochs", progress, True)
     try:
         for epoch in epoch_bar:
@@ -351,12 +377,15 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
 class _CheckpointWriter:
     """:func:`fit`'s checkpoints: the best weights (a CPU copy taken when they improve)
     to ``path``, the latest epoch (with optimizer and scheduler) to ``*_last``; written at
-    most every ``every_s`` seconds, and by :meth:`write_latest` / :meth:`write_best`."""
+    most every ``every_s`` seconds (the first one after the first epoch, so an early kill
+    loses at most one epoch), and by :meth:`write_latest` / :meth:`write_best`."""
 
     def __init__(self, path: Optional[str | Path], meta: Optional[Mapping[str, Any]],
-                 optimizer: Any, scheduler: Any, every_s: Optional[float]) -> None:
+                 optimizer: Any, scheduler: Any, every_s: Optional[float],
+                 loader: Any = None) -> None:
         self.path, self.meta = (Path(path) if path is not None else None), meta
         self.optimizer, self.scheduler, self.every_s = optimizer, scheduler, every_s or 0.0
+        self.loader = loader
         self.best_state: Optional[dict[str, torch.Tensor]] = None
         self._best: Optional[dict[str, Any]] = None  # the best epoch's record, not yet written
         self._latest_written: Optional[int] = None
@@ -371,7 +400,7 @@ class _CheckpointWriter:
                                for k, v in _unwrap(model).state_dict().items()}
             self._best = {"epoch": history.last_epoch, "rows": list(history.rows),
                           "state": history.state()}
-        if time.monotonic() - self._last_write >= self.every_s:
+        if self._latest_written is None or time.monotonic() - self._last_write >= self.every_s:
             self.write_latest(model, history)
 
     def write_latest(self, model: nn.Module, history: History) -> None:
@@ -380,7 +409,8 @@ class _CheckpointWriter:
             return
         save_checkpoint(last_checkpoint_path(self.path), model, self.meta, self.optimizer,
                         history.last_epoch, scheduler=self.scheduler, history=history.rows,
-                        extra={"history": history.state()})
+                        extra={"history": history.state()},
+                        rng=rng_state([self.loader] if self.loader is not None else []))
         self._latest_written, self._last_write = history.last_epoch, time.monotonic()
         self.write_best()
 

@@ -677,12 +677,13 @@ def save_classifier(path: Any, trained: Trained, knobs: Mapping[str, Any],
                            history=trained.history.rows)
 
 
-def quick_model(work_dir: Any, seed: int = 0, time_budget_s: float = 45.0):
+def quick_model(work_dir: Any, seed: int = 0, steps: int = 9):
     """A small PBC 8-class ResNet-18 (48 px; synthetic crops when PBC is absent) for the
-    demo's model store: ``(model, meta)``, trained for about ``time_budget_s`` seconds."""
+    demo's model store: ``(model, meta)``, trained for ``steps`` epochs (no time budget,
+    so the same seed gives the same model)."""
     from ..config import get_profile
     knobs = dict(get_profile(EXPERIMENT, "quick"))
-    knobs.update(time_budget_s=max(1.0, 0.85 * float(time_budget_s)), epochs=30, val_fraction=0.1)
+    knobs.update(time_budget_s=None, epochs=int(steps), val_fraction=0.1)
     data, _ = drop_conflicting(load_pbc_images(knobs, work_dir, seed))
     parts = protocol_split(data, "paper1_80_20", knobs, seed)
     trained = train_classifier("resnet18", parts, PBC8, knobs, "paper1_80_20", "cpu", seed)

@@ -5,11 +5,17 @@ Quick models are *not* the papers' models: they train for seconds on a small sub
 on synthetic data when the datasets are absent), and their metadata says so
 (``training_data["profile"] == "quick-model"``).
 
-Adding a task is one function: decorate ``f(work_dir, seed, time_budget_s) -> (model,
-meta)`` with ``@quick_trainer("task")``; ``meta`` follows the model-store contract. The
-classification and detection experiments plug in by exposing ``quick_model(work_dir,
-seed, time_budget_s) -> (model, meta)`` in ``bloodlib.experiments.wbc_classification``
-and ``bloodlib.experiments.mcnet_detection``.
+A quick model trains for a fixed number of steps (epochs for the segmenter and the
+classifier, iterations for the detector), never "until the clock runs out", so the same
+seed gives the same model on any machine. ``time_budget_s`` is turned into that count
+with the rate measured on a 2-core CPU (``SECONDS_PER_STEP``); a slower machine takes
+longer but trains the same model.
+
+Adding a task is one function: decorate ``f(work_dir, seed, steps) -> (model, meta)``
+with ``@quick_trainer("task", seconds_per_step)``; ``meta`` follows the model-store
+contract. The classification and detection experiments plug in by exposing
+``quick_model(work_dir, seed, steps) -> (model, meta)`` in
+``bloodlib.experiments.wbc_classification`` and ``bloodlib.experiments.mcnet_detection``.
 """
 
 from __future__ import annotations
@@ -25,17 +31,25 @@ import torch
 from ..errors import BloodlibError
 from .store import PathLike, save_model
 
-QuickTrainer = Callable[[Path, int, float], tuple[torch.nn.Module, dict[str, Any]]]
+QuickTrainer = Callable[[Path, int, int], tuple[torch.nn.Module, dict[str, Any]]]
 QUICK_TRAINERS: dict[str, QuickTrainer] = {}
+#: seconds per step (epoch or iteration, evaluation included) measured on a 2-core CPU
+SECONDS_PER_STEP: dict[str, float] = {}
 QUICK_PROFILE = "quick-model"
 
 
-def quick_trainer(task: str) -> Callable[[QuickTrainer], QuickTrainer]:
-    """Register ``f(work_dir, seed, time_budget_s) -> (model, meta)`` for ``task``."""
+def quick_trainer(task: str, seconds_per_step: float) -> Callable[[QuickTrainer], QuickTrainer]:
+    """Register ``f(work_dir, seed, steps) -> (model, meta)`` for ``task``."""
     def register(fn: QuickTrainer) -> QuickTrainer:
         QUICK_TRAINERS[task] = fn
+        SECONDS_PER_STEP[task] = float(seconds_per_step)
         return fn
     return register
+
+
+def quick_steps(task: str, time_budget_s: float) -> int:
+    """The step count that takes about ``time_budget_s`` seconds on a 2-core CPU."""
+    return max(1, round(0.85 * float(time_budget_s) / SECONDS_PER_STEP[task]))
 
 
 def quick_model_tasks() -> list[str]:
@@ -44,32 +58,36 @@ def quick_model_tasks() -> list[str]:
 
 
 def train_quick_model(task: str, folder: Optional[PathLike] = None, *, name: Optional[str] = None,
-                      seed: int = 0, time_budget_s: float = 45.0, overwrite: bool = True) -> Path:
-    """Train a quick model for ``task`` and save it in the store (``folder`` or the default
-    store) as ``name`` (default ``quick-<task>``); returns the checkpoint path."""
+                      seed: int = 0, time_budget_s: float = 45.0, steps: Optional[int] = None,
+                      overwrite: bool = True) -> Path:
+    """Train a quick model for ``task`` for ``steps`` steps (default: as many as take about
+    ``time_budget_s`` on a 2-core CPU) and save it in the store (``folder`` or the
+    default store) as ``name`` (default ``quick-<task>``); returns the checkpoint path.
+    The same seed and step count give the same model."""
     if task not in QUICK_TRAINERS:
         raise BloodlibError(f"No quick model for task {task!r}; tasks: {quick_model_tasks()}.")
+    steps = int(steps) if steps is not None else quick_steps(task, time_budget_s)
     with tempfile.TemporaryDirectory(prefix=f"bloodlib-quick-{task}-") as tmp:
-        model, meta = QUICK_TRAINERS[task](Path(tmp), int(seed), float(time_budget_s))
+        model, meta = QUICK_TRAINERS[task](Path(tmp), int(seed), steps)
     meta = dict(meta)
     data = meta.get("training_data")
     meta["training_data"] = dict(data if isinstance(data, dict) else {"dataset": str(data)},
-                                 profile=QUICK_PROFILE)
+                                 profile=QUICK_PROFILE, seed=int(seed), steps=steps)
     return save_model(model.cpu(), name or f"quick-{task}", meta, folder=folder,
                       overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- segment
-@quick_trainer("segment")
-def _quick_segmenter(work_dir: Path, seed: int, time_budget_s: float):
+@quick_trainer("segment", seconds_per_step=1.8)
+def _quick_segmenter(work_dir: Path, seed: int, steps: int):
     """WCSegNet (width 0.25, 64 px, no augmentation, Adam 3e-3) on 64 Jiangxi images
-    (synthetic crops when absent): ~0.7 nucleus Dice after 35 s on 2 cores."""
+    (synthetic crops when absent) for ``steps`` epochs."""
     from ..config import get_profile
     from ..experiments import wbc_segmentation as wcs
     from .segmentation import segmentation_meta
 
     knobs = dict(get_profile("wcsegnet", "quick"))
-    knobs.update(epochs=40, time_budget_s=max(1.0, time_budget_s * 0.85), image_size=64,
+    knobs.update(epochs=int(steps), time_budget_s=None, image_size=64,
                  lr=3e-3, augment=False, max_train_batches=None, early_stopping_patience=None)
     included, _, source = wcs.load_or_synthesize("jiangxi", knobs, work_dir, seed)
     split = wcs.split_records(included, seed, 0.2, knobs["min_count"])
@@ -88,9 +106,8 @@ def _quick_segmenter(work_dir: Path, seed: int, time_budget_s: float):
 
 
 # ----------------------------------------------------------------------------- classify, detect
-def _from_experiment(module_name: str, task: str, work_dir: Path, seed: int,
-                     time_budget_s: float):
-    """Call ``<module>.quick_model(work_dir, seed, time_budget_s)`` when that module exists."""
+def _from_experiment(module_name: str, task: str, work_dir: Path, seed: int, steps: int):
+    """Call ``<module>.quick_model(work_dir, seed, steps)`` when that module exists."""
     if importlib.util.find_spec(module_name) is None:
         raise BloodlibError(f"No quick {task!r} model yet: {module_name} is not part of this "
                             "version of bloodlib. Train a model in its notebook and save it "
@@ -98,19 +115,19 @@ def _from_experiment(module_name: str, task: str, work_dir: Path, seed: int,
     module = importlib.import_module(module_name)
     if not hasattr(module, "quick_model"):
         raise BloodlibError(f"No quick {task!r} model yet: {module_name} has no "
-                            "quick_model(work_dir, seed, time_budget_s) function.")
-    return module.quick_model(work_dir, seed, time_budget_s)
+                            "quick_model(work_dir, seed, steps) function.")
+    return module.quick_model(work_dir, seed, steps)
 
 
-@quick_trainer("classify")
-def _quick_classifier(work_dir: Path, seed: int, time_budget_s: float):
-    """The WBC-type classification experiment's quick model."""
+@quick_trainer("classify", seconds_per_step=4.1)
+def _quick_classifier(work_dir: Path, seed: int, steps: int):
+    """The WBC-type classification experiment's quick model (``steps`` epochs)."""
     return _from_experiment("bloodlib.experiments.wbc_classification", "classify",
-                            work_dir, seed, time_budget_s)
+                            work_dir, seed, steps)
 
 
-@quick_trainer("detect")
-def _quick_detector(work_dir: Path, seed: int, time_budget_s: float):
-    """The blood-cell detection experiment's quick model."""
+@quick_trainer("detect", seconds_per_step=0.5)
+def _quick_detector(work_dir: Path, seed: int, steps: int):
+    """The blood-cell detection experiment's quick model (``steps`` iterations)."""
     return _from_experiment("bloodlib.experiments.mcnet_detection", "detect",
-                            work_dir, seed, time_budget_s)
+                            work_dir, seed, steps)
