@@ -11,6 +11,9 @@ on a small machine (one torch thread each) with a shorter budget than the notebo
 
 Arguments: MODEL BUDGET_S ITERATIONS (0 = the profile's) THREADS OUT_DIR.
 Copy the JSON into results/reference/ and run ``python -m bloodlib board`` to publish it.
+
+Add ``--resume`` to continue a run that was interrupted from its checkpoints in
+OUT_DIR/checkpoints/ (the same batches as an uninterrupted run; a time budget restarts).
 """
 import json
 import resource
@@ -22,13 +25,16 @@ import torch
 from bloodlib import session
 from bloodlib.experiments import mcnet_detection as mc
 
+RESUME = False  # set by --resume
+
 
 def main(model: str, budget: float, iterations: int, threads: int, out_dir: str) -> None:
     torch.set_num_threads(threads)
     over = {"models": [model], "time_budget_s": budget, "yolo_time_budget_s": budget}
     if iterations:
         over["iterations"] = iterations
-    run = session.start("mcnet", profile="bench_cpu", seed=0, output_dir=out_dir, **over)
+    run = session.start("mcnet", profile="bench_cpu", seed=0, output_dir=out_dir, resume=RESUME,
+                        **over)
     knobs = run.knobs
     splits, source = mc.load_splits("bccd", knobs, run.output_dir, 0)
     if source == "synthetic":
@@ -56,6 +62,7 @@ def main(model: str, budget: float, iterations: int, threads: int, out_dir: str)
 
 
 if __name__ == "__main__":
+    RESUME = session.pop_flag(sys.argv)  # --resume: continue an interrupted run
     if len(sys.argv) != 6:
         raise SystemExit(__doc__)
     t0 = time.time()

@@ -12,6 +12,9 @@ Overrides are KEY=VALUE (Python literals); per-task knobs (``epochs``, ``time_bu
 are given for the 80/20 task only, e.g. ``time_budget_s=1440``. ``variant="..."`` labels
 the run (``extra["variant"]``), so that it sits beside the notebook's in results/reference
 and on the board instead of replacing it.
+
+Add ``--resume`` to continue a run that was interrupted from its checkpoints in
+OUT_DIR/checkpoints/ (the same batches as an uninterrupted run; a time budget restarts).
 """
 import sys
 import time
@@ -23,16 +26,18 @@ from bloodlib.inference import save_model
 
 TASK = "paper1_80_20"
 
+RESUME = False  # set by --resume
+
 
 def main(out_dir: str, name: str, overrides: dict) -> None:
     variant = str(overrides.pop("variant", "") or "")
     base = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
-                         verbose=False).knobs
+                         verbose=False, resume=RESUME).knobs
     for key in ("epochs", "time_budget_s"):
         if key in overrides:
             overrides[key] = {**base[key], TASK: overrides[key]}
     run = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
-                        **overrides)
+                        **overrides, resume=RESUME)
     knobs = run.knobs
     pbc, dropped = wc.drop_conflicting(wc.load_pbc_images(knobs, run.output_dir, 0))
     if pbc.source == "synthetic":
@@ -59,6 +64,7 @@ def main(out_dir: str, name: str, overrides: dict) -> None:
 
 
 if __name__ == "__main__":
+    RESUME = session.pop_flag(sys.argv)  # --resume: continue an interrupted run
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     t0 = time.time()

@@ -10,6 +10,9 @@ ensemble's accuracy is printed and its mistakes drawn in OUT_DIR/ensemble_errors
 
     python benchmarks/pbc8_shared_errors.py outputs/pbc8 \\
         pbc8-resnet18-bench_cpu pbc8-resnet18-probe28 pbc8-resnet18-probe96
+
+Add ``--resume`` to continue a run that was interrupted from its checkpoints in
+OUT_DIR/checkpoints/ (the same batches as an uninterrupted run; a time budget restarts).
 """
 import sys
 from pathlib import Path
@@ -20,11 +23,13 @@ from bloodlib.inference import load_predictor
 
 TASK = "paper1_80_20"
 
+RESUME = False  # set by --resume
+
 
 def test_part(out_dir: str, size: int, crop: float) -> wc.CellImages:
     """Paper 1's 80/20 test part, preloaded at ``size`` px of the centre ``crop``."""
     run = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
-                        verbose=False, image_size=size, crop_fraction=crop)
+                        verbose=False, image_size=size, crop_fraction=crop, resume=RESUME)
     pbc, _ = wc.drop_conflicting(wc.load_pbc_images(run.knobs, run.output_dir, 0))
     if pbc.source == "synthetic":
         raise SystemExit("PBC not found: set BLOODLIB_DATA to the datasets folder.")
@@ -65,6 +70,7 @@ def main(out_dir: str, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    RESUME = session.pop_flag(sys.argv)  # --resume: continue an interrupted run
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     main(sys.argv[1], sys.argv[2:])

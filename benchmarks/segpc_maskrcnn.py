@@ -14,6 +14,9 @@ default 0: initial weights and batch order; ``variant="seed 1"`` labels a second
 the same model, kept beside the first in results/reference and on the board; the
 architecture keys ``attention``, ``bottom_up`` and ``multiscale_mask_head`` pick an
 R-Mask R-CNN ablation variant, e.g. ``multiscale_mask_head=False``).
+
+Add ``--resume`` to continue a run that was interrupted from its checkpoints in
+OUT_DIR/checkpoints/ (the same batches as an uninterrupted run; a time budget restarts).
 """
 import resource
 import sys
@@ -25,6 +28,8 @@ from bloodlib import session
 from bloodlib.config import parse_overrides
 from bloodlib.experiments import blood_cancer as bc
 
+RESUME = False  # set by --resume
+
 
 def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
          variant: str = "", **overrides) -> None:
@@ -33,7 +38,7 @@ def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
     if architecture and model != "rmaskrcnn":
         raise SystemExit(f"{sorted(architecture)} pick an R-Mask R-CNN variant; MODEL is {model}.")
     run = session.start("blood_cancer", profile="bench_cpu", seed=seed, output_dir=out_dir,
-                        time_budget_s=budget, **overrides)
+                        time_budget_s=budget, **overrides, resume=RESUME)
     knobs = run.knobs
     data = bc.load_data(knobs, run.output_dir, 0)
     if data["source"] == "synthetic":
@@ -62,6 +67,7 @@ def main(model: str, budget: float, threads: int, out_dir: str, seed: int = 0,
 
 
 if __name__ == "__main__":
+    RESUME = session.pop_flag(sys.argv)  # --resume: continue an interrupted run
     if len(sys.argv) < 5:
         raise SystemExit(__doc__)
     over = parse_overrides(sys.argv[5:])

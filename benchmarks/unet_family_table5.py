@@ -11,6 +11,9 @@ for its Part A; this script needs only CellaVision, so the ``full`` profile (ful
     python benchmarks/unet_family_table5.py bench_cpu outputs/table5 epochs=10
 
 Overrides are KEY=VALUE (Python literals) of the ``unet_family`` profile.
+
+Add ``--resume`` to continue a run that was interrupted from its checkpoints in
+OUT_DIR/checkpoints/ (the same batches as an uninterrupted run; a time budget restarts).
 """
 import sys
 import time
@@ -23,10 +26,12 @@ from bloodlib.experiments import wbc_segmentation as wcs
 
 SEED = 0  # the notebook's split and training seed
 
+RESUME = False  # set by --resume
+
 
 def main(profile: str, out_dir: str, overrides: dict) -> None:
     run = session.start(uf.EXPERIMENT, profile=profile, output_dir=out_dir, seed=SEED,
-                        **overrides)
+                        **overrides, resume=RESUME)
     knobs = run.knobs
     records = load_zheng("cellavision")  # DatasetNotFoundError says where it looked
     data = wcs.train_val_test(records, knobs, SEED)
@@ -54,6 +59,7 @@ def main(profile: str, out_dir: str, overrides: dict) -> None:
 
 
 if __name__ == "__main__":
+    RESUME = session.pop_flag(sys.argv)  # --resume: continue an interrupted run
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     t_start = time.time()

@@ -15,22 +15,27 @@ images the model trained on; the test images stay untouched). ``seed=N`` changes
 training seed (initial weights, augmentation, batch order) and keeps the notebook's
 split (seed 0), to measure how much a figure moves from one training run to the next.
 ``dataset=cellavision`` runs the same on the CellaVision set (default ``jiangxi``).
+Checkpoints go to ``outputs/wcsegnet_jiangxi/checkpoints``; ``--resume`` continues an
+interrupted run from there.
 """
 import resource
 import sys
 import tempfile
 
 from bloodlib.config import get_profile, parse_overrides
+from bloodlib.session import pop_flag
 from bloodlib.experiments import wbc_segmentation as wcs
 
 SEED = 0  # the notebook's split
+RESUME = False  # set by --resume
 
 
 def main(name: str, overrides: dict) -> None:
     train_on_val = bool(overrides.pop("train_on_val", False))
     train_seed = int(overrides.pop("seed", SEED))
     dataset = str(overrides.pop("dataset", "jiangxi"))
-    knobs = {**get_profile(wcs.EXPERIMENT, "bench_cpu"), **overrides}
+    knobs = {**get_profile(wcs.EXPERIMENT, "bench_cpu"), **overrides, "resume": RESUME,
+             "checkpoint_dir": "outputs/wcsegnet_jiangxi/checkpoints"}
     with tempfile.TemporaryDirectory() as tmp:
         included, _, source = wcs.load_or_synthesize(dataset, knobs, tmp, SEED)
     if source == "synthetic":
@@ -51,6 +56,7 @@ def main(name: str, overrides: dict) -> None:
 
 
 if __name__ == "__main__":
+    RESUME = pop_flag(sys.argv)
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
     main(sys.argv[1], parse_overrides(sys.argv[2:]))

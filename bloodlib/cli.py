@@ -15,6 +15,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .notebooks import run_course
 
     runs = run_course(args.notebooks, args.profile, Path(args.out) if args.out else None,
+                      parameters={"RESUME": True} if args.resume else None,
                       timeout_s=args.timeout)
     return 0 if runs and all(r.ok for r in runs) else 1
 
@@ -27,7 +28,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not names:
         return status
     runs = bench(names, args.profile, Path(args.out) if args.out else None,
-                 Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR)
+                 Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR,
+                 resume=args.resume)
     return status | (0 if runs and all(r.ok for r in runs) else 1)
 
 
@@ -131,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     run.add_argument("--out", help="output folder (default outputs/<profile>)")
     run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    run.add_argument("--resume", action="store_true", help="continue the trainings an "
+                     "interrupted run left in the output folder's checkpoints/")
     run.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser("bench", help="run notebooks in a benchmark profile and publish "
@@ -140,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", choices=PROFILE_NAMES, default="bench_cpu")
     bench.add_argument("--out")
     bench.add_argument("--reference-dir")
+    bench.add_argument("--resume", action="store_true", help="continue the trainings an "
+                       "interrupted run left in the output folder's checkpoints/")
     bench.add_argument("--detector", help="latency: stored detector to time (default: newest)")
     bench.add_argument("--classifier", help="latency: stored WBC classifier (default: newest)")
     bench.set_defaults(func=_cmd_bench)

@@ -68,6 +68,8 @@ def execute(notebook: Path, out_dir: Path, profile: str, parameters: Optional[di
     output = out_dir / "notebooks" / notebook.name
     params = {"PROFILE": profile, "OUTPUT_DIR": str(out_dir)}
     params.update(parameters or {})
+    if "RESUME" in params and "RESUME =" not in notebook.read_text():
+        params.pop("RESUME")  # a notebook that trains nothing has no RESUME parameter
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(notebook), str(output), parameters=params,
@@ -187,12 +189,15 @@ def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
 
 
 def bench(selection: Iterable[str], profile: str = "bench_cpu", out_dir: Optional[Path] = None,
-          reference_dir: Path = REFERENCE_DIR, log=print) -> list[NotebookResult]:
-    """Run notebooks in a benchmark profile and publish their results JSON."""
+          reference_dir: Path = REFERENCE_DIR, log=print, resume: bool = False
+          ) -> list[NotebookResult]:
+    """Run notebooks in a benchmark profile and publish their results JSON; ``resume``
+    continues the trainings an interrupted run left in ``out_dir/checkpoints``."""
     out_dir = Path(out_dir or PROJECT_ROOT / "outputs" / profile).resolve()
     if out_dir.exists():
         shutil.rmtree(out_dir / "results", ignore_errors=True)
-    runs = run_course(list(selection), profile, out_dir, log=log)
+    runs = run_course(list(selection), profile, out_dir, log=log,
+                      parameters={"RESUME": True} if resume else None)
     if all(r.ok for r in runs):
         for path in publish_reference(out_dir, reference_dir):
             log(f"reference result: {path}")

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 import torch
@@ -63,7 +64,7 @@ class NotebookRun:
         """Write a results JSON for this run (one call per result table row group)."""
         from .results import make_result, write_result
 
-        cfg = dict(self.knobs)
+        cfg = {k: v for k, v in self.knobs.items() if k != "checkpoint_dir"}  # a local path
         cfg.update(config or {})
         result = make_result(experiment or self.experiment, paper, dataset, split,
                              {k: float(v) for k, v in metrics.items()}, cfg, self.seed,
@@ -77,11 +78,14 @@ class NotebookRun:
 def start(experiment: str, profile: str = "quick", device: str = "auto", seed: int = 0,
           output_dir: str | os.PathLike = "outputs/interactive",
           data_dir: str | os.PathLike | None = None, verbose: bool = True,
-          **overrides: Any) -> NotebookRun:
+          resume: bool = False, **overrides: Any) -> NotebookRun:
     """Seed, choose the device, resolve the profile's knobs and prepare output folders.
 
     ``data_dir`` (when given) sets ``BLOODLIB_DATA`` for this process so every loader
-    finds the datasets there.
+    finds the datasets there. Trainings keep checkpoints in
+    ``<output_dir>/checkpoints/<experiment>/`` (``knobs["checkpoint_dir"]``); with
+    ``resume`` (a notebook's ``RESUME`` parameter) each continues its checkpoint there,
+    so a run that was interrupted picks up where it stopped.
     """
     knobs = config.get_profile(experiment, profile, **overrides)
     if data_dir:
@@ -90,6 +94,8 @@ def start(experiment: str, profile: str = "quick", device: str = "auto", seed: i
     dev = runtime.get_device(device)
     out = Path(output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    knobs = MappingProxyType({**knobs, "checkpoint_dir": str(out / "checkpoints" / experiment),
+                              "resume": bool(resume)})
     run = NotebookRun(experiment, profile, knobs, dev, seed, out)
     if verbose:
         info = runtime.environment_info(dev)
@@ -100,5 +106,13 @@ def start(experiment: str, profile: str = "quick", device: str = "auto", seed: i
         print(f"cpus={info['cpu_count']} torch threads={info['torch_threads']} "
               f"memory={info['memory_gb']} GiB")
         print(f"versions: {versions}")
-        print(f"outputs -> {out}")
+        print(f"outputs -> {out}" + (" (resuming interrupted trainings)" if resume else ""))
     return run
+
+
+def pop_flag(argv: list[str], flag: str = "--resume") -> bool:
+    """Remove ``flag`` from a script's ``argv`` (in place); True when it was there. The
+    benchmark scripts take ``--resume`` this way and pass it to :func:`start`."""
+    found = flag in argv
+    argv[:] = [a for a in argv if a != flag]
+    return found

@@ -1,6 +1,6 @@
 """A small training run for tests/test_resume.py, killed with SIGKILL and resumed there.
 
-usage: python resume_worker.py {fit,detector} CHECKPOINT OUT.pt [SLEEP_S]
+usage: python resume_worker.py {fit,detector,steps} CHECKPOINT OUT.pt [SLEEP_S]
 Trains with ``resume_from="auto"`` and writes the final weights to OUT.pt.
 """
 
@@ -63,6 +63,17 @@ def main() -> None:
         fit(model, loader, None, nn.CrossEntropyLoss(), opt, 6, "cpu", checkpoint_path=ckpt,
             resume_from="auto", checkpoint_every_s=0, progress=False, restore_best=False,
             monitor="train_loss", mode="min")
+    elif kind == "steps":  # notebook 03's loop (blood_cancer.train_steps)
+        from pathlib import Path
+
+        from bloodlib.experiments.blood_cancer import train_steps
+        model = TinyDetector()
+        loader = DataLoader(Slow(sleep_s, detection=True), batch_size=4, shuffle=True,
+                            collate_fn=lambda b: tuple(zip(*b)))
+        knobs = {"checkpoint_dir": str(Path(ckpt).parent), "resume": True, "optimizer": "adamw",
+                 "lr": 1e-2, "weight_decay": 1e-4, "warmup_steps": 2, "lr_schedule": "cosine",
+                 "grad_clip": 10.0}
+        train_steps(model, loader, lambda m, b: m(*b), knobs, 20, None, label=Path(ckpt).stem)
     else:
         from bloodlib.engine.detection import train_detector
         model = TinyDetector()

@@ -47,6 +47,8 @@ def _same_weights(a: Path, b: Path) -> bool:
      lambda p: torch.load(p, weights_only=True)["epoch"] >= 2),
     ("detector", "model.pt",
      lambda p: 4 <= torch.load(p, weights_only=True)["extra"]["step"] < 20),
+    ("steps", "model.pt",
+     lambda p: 1 <= torch.load(p, weights_only=True)["extra"]["step"] < 20),
 ])
 def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(tmp_path, kind, latest, ready):
     reference = _run(kind, tmp_path / "ref" / "model.pt", tmp_path / "ref.pt")
@@ -87,3 +89,46 @@ def test_resume_auto_without_a_checkpoint_starts_fresh_and_a_wrong_path_is_an_er
     assert resolve_resume(None, tmp_path / "none.pt") is None
     with pytest.raises(FileNotFoundError, match="resume from"):
         resolve_resume(tmp_path / "missing.pt", None)
+
+
+def test_notebook_runs_keep_checkpoints_and_resume_them(tmp_path, monkeypatch, capsys):
+    """RESUME (notebooks), --resume (bloodlib run / bench, benchmark scripts): the session
+    gives every training a checkpoint folder, and a second run with resume continues
+    the first one's checkpoints instead of training again."""
+    from bloodlib import session
+    from bloodlib.engine.checkpoint import run_checkpoint
+    from bloodlib.experiments import wbc_segmentation as wcs
+
+    monkeypatch.setenv("BLOODLIB_DATA", str(tmp_path / "no-data"))
+    run = session.start("wcsegnet", output_dir=tmp_path / "out", verbose=False)
+    assert run.knobs["resume"] is False
+    assert run.knobs["checkpoint_dir"] == str((tmp_path / "out/checkpoints/wcsegnet").resolve())
+    assert run_checkpoint(run.knobs, "a b")[0].name == "a_b.pt"
+    knobs = {**run.knobs, "epochs": 2, "time_budget_s": None, "max_train_batches": 2}
+    included, _, _ = wcs.load_or_synthesize("jiangxi", knobs, tmp_path, 0)
+    train, val = included[:8], included[8:12]
+    _, first, _ = wcs.train_model("wcsegnet", train, val, knobs, "cpu", 0)
+    assert (tmp_path / "out/checkpoints/wcsegnet/wcsegnet_last.pt").is_file()
+    again = session.start("wcsegnet", output_dir=tmp_path / "out", verbose=False, resume=True)
+    capsys.readouterr()
+    _, second, _ = wcs.train_model("wcsegnet", train, val, {**knobs, "resume": again.knobs["resume"]},
+                                   "cpu", 0)
+    assert "resuming from" in capsys.readouterr().out
+    assert second.rows == first.rows  # nothing left to train: the history is the first run's
+
+
+def test_run_and_bench_pass_resume_only_to_notebooks_that_train(tmp_path, monkeypatch):
+    import papermill
+
+    from bloodlib import notebooks
+    from bloodlib.cli import main
+    from bloodlib.session import pop_flag
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda nb, out, parameters, **kw: seen.__setitem__(Path(nb).stem, parameters))
+    monkeypatch.setattr(notebooks, "write_results_board", lambda out: None)
+    assert main(["run", "00", "05", "--resume", "--out", str(tmp_path)]) == 0
+    assert "RESUME" not in seen["00_setup_and_datasets"]
+    assert seen["05_wcsegnet_nucleus_segmentation"]["RESUME"] is True
+    argv = ["script", "a", "--resume", "b"]
+    assert pop_flag(argv) and argv == ["script", "a", "b"] and not pop_flag(argv)

@@ -106,3 +106,15 @@ def load_checkpoint(path: str | Path, model: Optional[nn.Module] = None,
     if scheduler is not None and ckpt.get("scheduler_state") is not None:
         scheduler.load_state_dict(ckpt["scheduler_state"])
     return ckpt
+
+
+def run_checkpoint(knobs: Mapping[str, Any], label: str) -> tuple[Optional[Path], Optional[str]]:
+    """Where a notebook's or benchmark's training called ``label`` keeps its checkpoint
+    (``knobs["checkpoint_dir"]/<label>.pt``, set by :func:`bloodlib.session.start`), and
+    ``"auto"`` when ``knobs["resume"]`` asks to continue it; ``(None, None)`` without a
+    checkpoint folder."""
+    folder = knobs.get("checkpoint_dir")
+    if not folder:
+        return None, None
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+    return Path(folder) / f"{safe}.pt", ("auto" if knobs.get("resume") else None)

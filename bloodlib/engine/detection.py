@@ -25,14 +25,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .rng import rng_state, set_rng_state
+from .rng import ResumableBatches, rng_state, set_rng_state
 from .trainer import _amp_dtype, _autocast, _bar, _eval_mode, resolve_resume
 
 __all__ = ["Stage", "PAPER1_STAGES", "LOSS_KEYS", "LOSS_LABELS", "DetectionTraining",
@@ -149,48 +149,6 @@ def _images_to_device(images: Sequence[torch.Tensor], device: torch.device) -> l
             for i in images]
 
 
-class _Batches:
-    """``(epoch, batch)`` forever (epochs from 0), remembering the random-number state at
-    the start of the epoch and the position in it, so that a resumed run draws the same
-    batches as an uninterrupted one (:meth:`state` / :meth:`restore`)."""
-
-    def __init__(self, loader: Iterable) -> None:
-        self.loader, self.epoch, self.position = loader, 0, 0
-        self.epoch_rng: Optional[dict[str, Any]] = None
-        self._it: Optional[Iterator[Any]] = None
-
-    def __iter__(self) -> "_Batches":
-        return self
-
-    def __next__(self) -> tuple[int, Any]:
-        if self._it is None:
-            self.epoch_rng, self._it, self.position = rng_state([self.loader]), iter(self.loader), 0
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            if self.position == 0:
-                raise ValueError("The training loader is empty; check the dataset/split.") from None
-            self.epoch, self._it = self.epoch + 1, None
-            return next(self)
-        self.position += 1
-        return self.epoch, batch
-
-    def state(self) -> dict[str, Any]:
-        """Where the iteration is, with the epoch's starting random state."""
-        return {"epoch": self.epoch, "position": self.position, "epoch_rng": self.epoch_rng}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Replay the epoch's start and skip the batches already used."""
-        self.epoch, self.epoch_rng = int(state["epoch"]), state["epoch_rng"]
-        if self.epoch_rng is None:
-            return
-        set_rng_state(self.epoch_rng, [self.loader])
-        self._it = iter(self.loader)
-        for _ in range(int(state["position"])):
-            next(self._it)
-        self.position = int(state["position"])
-
-
 # ----------------------------------------------------------------------------- training
 def _stage_at(stages: Sequence[Stage], step: int) -> tuple[int, Stage, int]:
     """(index, stage, first step of the stage) of global ``step`` (0-based)."""
@@ -266,7 +224,7 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
     rows: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     step, images, elapsed0 = 0, 0, 0.0
-    batches = _Batches(loader)
+    batches = ResumableBatches(loader)
     resume_from = resolve_resume(resume_from, Path(checkpoint_path) if checkpoint_path else None)
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, model, map_location=device, optimizer=optimizer)

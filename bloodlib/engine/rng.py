@@ -11,12 +11,12 @@ gives the same data order as the run that was interrupted.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["rng_state", "set_rng_state", "loader_generators"]
+__all__ = ["rng_state", "set_rng_state", "loader_generators", "ResumableBatches"]
 
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
@@ -62,3 +62,45 @@ def set_rng_state(state: Mapping[str, Any], loaders: Iterable[Any] = ()) -> None
         gen.set_state(saved)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumableBatches:
+    """``(epoch, batch)`` forever (epochs from 0), remembering the random-number state at
+    the start of the epoch and the position in it, so that a resumed run draws the same
+    batches as an uninterrupted one (:meth:`state` / :meth:`restore`)."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader, self.epoch, self.position = loader, 0, 0
+        self.epoch_rng: Optional[dict[str, Any]] = None
+        self._it: Optional[Iterator[Any]] = None
+
+    def __iter__(self) -> "ResumableBatches":
+        return self
+
+    def __next__(self) -> tuple[int, Any]:
+        if self._it is None:
+            self.epoch_rng, self._it, self.position = rng_state([self.loader]), iter(self.loader), 0
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            if self.position == 0:
+                raise ValueError("The training loader is empty; check the dataset/split.") from None
+            self.epoch, self._it = self.epoch + 1, None
+            return next(self)
+        self.position += 1
+        return self.epoch, batch
+
+    def state(self) -> dict[str, Any]:
+        """Where the iteration is, with the epoch's starting random state."""
+        return {"epoch": self.epoch, "position": self.position, "epoch_rng": self.epoch_rng}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Replay the epoch's start and skip the batches already used."""
+        self.epoch, self.epoch_rng = int(state["epoch"]), state["epoch_rng"]
+        if self.epoch_rng is None:
+            return
+        set_rng_state(self.epoch_rng, [self.loader])
+        self._it = iter(self.loader)
+        for _ in range(int(state["position"])):
+            next(self._it)
+        self.position = int(state["position"])

@@ -39,7 +39,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import register
+from ..engine.checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
+from ..engine.rng import ResumableBatches, rng_state, set_rng_state
+from ..engine.trainer import resolve_resume
 
 EXPERIMENT = "blood_cancer"
 PAPER = "paper3"
@@ -350,11 +353,6 @@ class TrainLog:
         return pd.DataFrame(self.rows)
 
 
-def _cycle(loader: DataLoader) -> Iterator[Any]:
-    while True:
-        yield from loader
-
-
 def _optimizer(params: Sequence[torch.Tensor], knobs: Mapping[str, Any]) -> torch.optim.Optimizer:
     if knobs["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
@@ -381,17 +379,24 @@ def _lr_factor(step: int, elapsed: float, steps: int, budget: Optional[float],
 
 def train_steps(model: nn.Module, loader: DataLoader, loss_fn: Callable[[nn.Module, Any], dict],
                 knobs: Mapping[str, Any], steps: int, time_budget_s: Optional[float],
-                device: Any = "cpu") -> TrainLog:
+                device: Any = "cpu", label: Optional[str] = None) -> TrainLog:
     """Train for ``steps`` batches (cycling over ``loader``) or until ``time_budget_s``;
     ``loss_fn(model, batch)`` returns named losses that are summed. Learning rate from
-    :func:`_lr_factor`; gradient-norm clipping at ``knobs["grad_clip"]``."""
+    :func:`_lr_factor`; gradient-norm clipping at ``knobs["grad_clip"]``. With a
+    ``label`` and ``knobs["checkpoint_dir"]`` (notebook runs) the state is checkpointed
+    after the first step and every 60 s, and ``knobs["resume"]`` continues it with the
+    same batches (the time budget starts afresh)."""
     device = torch.device(device)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(params, knobs)
     base = [g["lr"] for g in opt.param_groups]
     log, t0 = TrainLog(), time.perf_counter()
-    for step, batch in zip(range(int(steps)), _cycle(loader)):
+    batches = ResumableBatches(loader)
+    ckpt_path, resume = run_checkpoint(knobs, label) if label else (None, None)
+    start, last_save = _resume_steps(resolve_resume(resume, ckpt_path), model, opt, batches, log), None
+    for step in range(start, int(steps)):
+        _, batch = next(batches)
         factor = _lr_factor(step, time.perf_counter() - t0, int(steps), time_budget_s, knobs)
         for g, lr in zip(opt.param_groups, base):
             g["lr"] = lr * factor
@@ -407,12 +412,36 @@ def train_steps(model: nn.Module, loader: DataLoader, loss_fn: Callable[[nn.Modu
         log.rows.append({"step": step + 1, "loss": float(loss.detach()),
                          **{k: float(v.detach()) for k, v in losses.items()},
                          "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        if ckpt_path is not None and (last_save is None or time.perf_counter() - last_save > 60):
+            _save_steps(ckpt_path, model, opt, batches, log, loader)
+            last_save = time.perf_counter()
         if time_budget_s is not None and time.perf_counter() - t0 > float(time_budget_s):
             log.stop_reason = "time_budget"
             break
     log.seconds = time.perf_counter() - t0
+    if ckpt_path is not None and log.rows:
+        _save_steps(ckpt_path, model, opt, batches, log, loader)
     model.eval()
     return log
+
+
+def _save_steps(path: Path, model: nn.Module, opt: Any, batches: ResumableBatches, log: TrainLog,
+                loader: DataLoader) -> None:
+    save_checkpoint(path, model, None, opt, history=log.rows, extra={"step": len(log.rows)},
+                    rng={"now": rng_state([loader]), "batches": batches.state()})
+
+
+def _resume_steps(path: Optional[Path], model: nn.Module, opt: Any, batches: ResumableBatches,
+                  log: TrainLog) -> int:
+    """Load a :func:`train_steps` checkpoint (weights, optimizer, log, batches, random
+    state); returns the step to continue from (0 without one)."""
+    if path is None:
+        return 0
+    ckpt = load_checkpoint(path, model, optimizer=opt)
+    log.rows = list(ckpt.get("history") or [])
+    batches.restore(ckpt["rng_state"]["batches"])
+    set_rng_state(ckpt["rng_state"]["now"], [batches.loader])
+    return int(ckpt["extra"]["step"])
 
 
 def _detection_loss(device: torch.device) -> Callable[[nn.Module, Any], dict]:
@@ -437,8 +466,18 @@ def train_detector(model: nn.Module, coco: dict, knobs: Mapping[str, Any], devic
                         generator=torch.Generator().manual_seed(seed))
     steps = int(knobs["train_steps"] if steps is None else steps)
     budget = knobs["time_budget_s"] if time_budget_s is None else time_budget_s
+    label = (f"{getattr(model, 'bloodlib_config', {}).get('architecture', type(model).__name__)}_"
+             f"{len(coco['images'])}img_{steps}steps_s{seed}_{_config_tag(model)}")
     return train_steps(model, loader, _detection_loss(torch.device(device)), knobs, steps,
-                       budget, device)
+                       budget, device, label=label)
+
+
+def _config_tag(model: nn.Module) -> str:
+    """A short hash of a model's build configuration (variants get their own checkpoints)."""
+    import hashlib
+    import json
+    cfg = getattr(model, "bloodlib_config", None) or {"class": type(model).__name__}
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 @torch.no_grad()
@@ -508,7 +547,8 @@ def train_unet(coco: dict, knobs: Mapping[str, Any], device: Any = "cpu", seed: 
         x, y = batch
         return {"ce_dice": loss(m(x.to(dev)), y.to(dev))}
     log = train_steps(model, loader, fn, {**knobs, "optimizer": "adamw"},
-                      int(knobs["unet_steps"]), knobs["unet_time_budget_s"], device)
+                      int(knobs["unet_steps"]), knobs["unet_time_budget_s"], device,
+                      label=f"unet_{len(coco['images'])}img_s{seed}")
     return model, log
 
 
@@ -698,7 +738,8 @@ def train_dcnn(crops: Sequence[np.ndarray], labels: Sequence[str], knobs: Mappin
         return {"cross_entropy": ce(m(xb.to(dev)), yb.to(dev))}
     steps = int(knobs["cls_epochs"]) * len(loader)
     log = train_steps(model, loader, fn, {**knobs, "optimizer": "adamw", "warmup_steps": 1},
-                      steps, knobs["cls_time_budget_s"], device)
+                      steps, knobs["cls_time_budget_s"], device,
+                      label=f"classifier_{len(x)}crops_s{seed}")
     return model, log
 
 

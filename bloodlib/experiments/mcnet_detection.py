@@ -327,6 +327,12 @@ def train_model(kind: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
         def evaluate(m):
             return {"AP50": evaluate_detector(m, val_loader, val, "bbox", device=device).AP50}
     budget = time_budget_s if time_budget_s is not None else knobs.get("time_budget_s")
+    resume = None
+    if checkpoint_path is None:
+        from ..engine.checkpoint import run_checkpoint
+        label = (f"{kind}_{knobs.get('backbone', '')}_{train.get('info', {}).get('dataset', '')}"
+                 f"_{len(train['images'])}img_{min_size or knobs.get('min_size')}px_{iters}it_s{seed}")
+        checkpoint_path, resume = run_checkpoint(knobs, label)
     result = train_detector(
         model, loader, iterations=iters, stages=_stages(knobs, model, iters), lr=float(knobs["lr"]),
         momentum=float(knobs["momentum"]), weight_decay=float(knobs["weight_decay"]),
@@ -334,7 +340,8 @@ def train_model(kind: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
         lr_steps=[int(f * iters) for f in knobs.get("lr_steps") or []],
         grad_clip=knobs.get("grad_clip"), device=device, checkpoint_path=checkpoint_path,
         checkpoint_meta=_meta(model, train, knobs) if checkpoint_path else None,
-        time_budget_s=budget, evaluate=evaluate, eval_every=every, progress=progress)
+        time_budget_s=budget, evaluate=evaluate, eval_every=every, progress=progress,
+        resume_from=resume)
     return model, result
 
 

@@ -522,6 +522,7 @@ def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequen
     """Train ``name`` on ``parts["train"]`` (curves on ``parts["val"]`` when present) with
     :func:`bloodlib.engine.fit`: SGD + Nesterov, label smoothing, :class:`ProgressCosine`
     per batch; ``task`` picks ``epochs`` and ``time_budget_s`` from the profile."""
+    from ..engine.checkpoint import run_checkpoint
     from ..engine.trainer import fit
     from ..runtime import seed_everything
 
@@ -540,6 +541,7 @@ def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequen
         float(knobs["min_lr_fraction"])))
     loss = nn.CrossEntropyLoss(label_smoothing=float(knobs["label_smoothing"]))
     amp = resolve_amp(knobs.get("amp", "auto"), device)
+    ckpt, resume = run_checkpoint(knobs, f"{task}_{name}_{len(classes)}cls_n{len(parts['train'])}_s{seed}")
     t0 = time.perf_counter()
     with torch_threads(knobs.get("torch_threads")):
         history = fit(model, train_loader, val_loader, loss, opt, epochs, device, scheduler=sched,
@@ -547,7 +549,7 @@ def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequen
                       evaluate=classification_evaluator(classes) if val_loader else None,
                       monitor="val_accuracy" if val_loader else "train_loss",
                       mode="max" if val_loader else "min", time_budget_s=budget,
-                      progress=progress)
+                      progress=progress, checkpoint_path=ckpt, resume_from=resume)
     seconds = time.perf_counter() - t0
     seen = int(sum(r["train_batches"] for r in history.rows)) * int(knobs["batch_size"])
     info = {"train_seconds": seconds, "train_minutes": seconds / 60,

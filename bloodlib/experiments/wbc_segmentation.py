@@ -381,6 +381,7 @@ def train_model(name: str, train_records: Sequence[MaskedImage],
     train_loader = _loader(train_records, knobs, True, seed, decode)
     val_loader = _loader(val_records, knobs, False, seed, decode)
     tmp = None
+    checkpoint_dir = checkpoint_dir or knobs.get("checkpoint_dir")
     if checkpoint_dir is None:
         tmp = tempfile.TemporaryDirectory()
         checkpoint_dir = tmp.name
@@ -395,6 +396,7 @@ def train_model(name: str, train_records: Sequence[MaskedImage],
                       checkpoint_path=ckpt, checkpoint_meta=checkpoint_meta(name, knobs, classes, dataset),
                       max_train_batches=knobs.get("max_train_batches"),
                       time_budget_s=per_dataset(knobs, "time_budget_s", dataset), progress=progress,
+                      resume_from="auto" if knobs.get("resume") else None,
                       channels_last=knobs.get("channels_last", "auto"))
         train_s = time.perf_counter() - t0
     finally:
