@@ -178,3 +178,37 @@ def test_a_few_optimisation_steps_reduce_the_loss(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "hybrid_efficientnet_lite0"])
+def test_efficientnet_lite_classifier_fine_tunes_from_imagenet(name):
+    """Issue 23: the Lite backbones come with their ImageNet weights and the TensorFlow
+    normalisation (mean 0.5, std 0.5) inside the model; from scratch they are random."""
+    from bloodlib.models.pretrained import lite_state_dict
+    model = build_classifier(name, 5, pretrained=True, in_size=64)
+    assert model.pretrained_loaded and model.normalization["mean"] == pytest.approx((0.5,) * 3)
+    ref = lite_state_dict("efficientnet_lite0")
+    assert torch.equal(model.backbone.conv_stem.weight, ref["conv_stem.weight"])
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+    scratch = build_classifier(name, 5, pretrained=False, in_size=64)
+    assert not scratch.pretrained_loaded
+    assert not torch.equal(scratch.backbone.conv_stem.weight, ref["conv_stem.weight"])
+
+
+def test_lite_classifier_round_trips_through_the_store(tmp_path):
+    from bloodlib.inference.classification import classifier_meta
+    from bloodlib.inference.store import load_predictor, read_meta, save_model
+    model = build_classifier("efficientnet_lite0", 3, pretrained=True, in_size=48).eval()
+    meta = classifier_meta("efficientnet_lite0", ["a", "b", "c"], 48,
+                           preprocessing={"pretrained": True, "model_normalization":
+                                          {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    path = save_model(model, "lite", meta, folder=tmp_path)
+    assert read_meta(path)["preprocessing"]["model_normalization"]["mean"] == [0.5] * 3
+    predictor = load_predictor(path)
+    assert torch.equal(predictor.model.normalize.mean, model.normalize.mean)
+    image = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
+    x = torch.from_numpy(image.transpose(2, 0, 1)).float()[None] / 255
+    with torch.no_grad():
+        expected = torch.softmax(model(x), 1)[0]
+    got = predictor.predict(image).probabilities
+    assert max(abs(got[c] - float(expected[i])) for i, c in enumerate("abc")) < 1e-4

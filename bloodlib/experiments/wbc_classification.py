@@ -666,7 +666,18 @@ def model_meta(trained: Trained, knobs: Mapping[str, Any], training_data: Mappin
     return classifier_meta(trained.name, trained.classes, int(knobs["image_size"]),
                            architecture_kwargs=architecture_kwargs(knobs),
                            crop_fraction=float(knobs["crop_fraction"]), tta=str(knobs["tta"]),
-                           training_data=dict(training_data), metrics=metrics)
+                           training_data=dict(training_data), metrics=metrics,
+                           preprocessing=_normalization_meta(trained.model))
+
+
+def _normalization_meta(model: nn.Module) -> dict[str, Any]:
+    """The model-side normalisation (mean/std applied inside the classifier) and whether
+    ImageNet weights were its start, for the checkpoint's metadata."""
+    norm = getattr(model, "normalization", None)
+    out: dict[str, Any] = {"pretrained": bool(getattr(model, "pretrained_loaded", False))}
+    if norm is not None:
+        out["model_normalization"] = {"mean": list(norm["mean"]), "std": list(norm["std"])}
+    return out
 
 
 def save_classifier(path: Any, trained: Trained, knobs: Mapping[str, Any],

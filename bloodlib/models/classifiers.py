@@ -8,20 +8,24 @@
                        Conv-BN-ReLU + max-pooling blocks, then fully connected layers
 ``resnet18/34/50``     torchvision ResNets (paper 4's ResNet; paper 2's backbones)
 ``densenet121``        torchvision DenseNet-121 (paper 3's "DCNN" classifier)
+``efficientnet_lite0``  timm's EfficientNet-Lite0 (and ``_lite1``, ``_lite2``) whose ImageNet
+                       weights install offline (:mod:`bloodlib.models.pretrained`)
 ``hybrid_<backbone>``  :class:`HybridClassifier` (paper 1's contribution 1): the backbone's
                        pooled CNN features fused with shape moments of the segmented cell
                        (:func:`shape_features`) before the classification head
 =====================  ==========================================================================
 
 Every model takes RGB images as float tensors **in [0, 1]**, shape ``(N, 3, H, W)``, and
-normalises them inside (ImageNet mean/std, :class:`Normalize`), so checkpoints record
-``preprocessing = {"normalize": "unit"}`` and the shape branch of the hybrid sees the
-image as it is. ``small_input`` (default: ``in_size < 128``) removes the first max-pool
+normalises them inside (:class:`Normalize`: ImageNet mean/std, or mean 0.5 / std 0.5 for
+the EfficientNet-Lite weights converted from TensorFlow; ``model.normalization`` says
+which), so checkpoints record ``preprocessing = {"normalize": "unit"}`` and the shape
+branch of the hybrid sees the image as it is. ``small_input`` (default: ``in_size < 128``) removes the first max-pool
 of ResNets (``pool0`` of DenseNet) so that 48-96 px crops keep enough resolution.
 
 ImageNet weights (``pretrained=True``) come through torchvision's ``weights=`` mechanism
 only when the file is already in the torch hub cache (or ``allow_download=True``);
-otherwise the model is trained from scratch and a :class:`UserWarning` says so.
+otherwise the model is trained from scratch and a :class:`UserWarning` says so. The
+EfficientNet-Lite weights come from their packages and are always there.
 ``model.pretrained_loaded`` records which happened.
 """
 
@@ -43,7 +47,8 @@ __all__ = ["build_classifier", "CLASSIFIERS", "PaperCNN", "CellClassifier", "Hyb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50", "densenet121")
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50", "densenet121") + LITE_BACKBONES
 CLASSIFIERS = BACKBONES + tuple(f"hybrid_{b}" for b in BACKBONES)
 _TV_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1",
                "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
@@ -248,6 +253,10 @@ def _backbone(arch: str, pretrained: bool, small_input: bool, allow_download: bo
                           stacklevel=3)
         net = PaperCNN(tuple(max(8, int(round(c * width))) for c in (32, 64, 128, 256)))
         return net, net.feature_dim, False
+    if arch in LITE_BACKBONES:
+        from .pretrained import efficientnet_lite
+        net = efficientnet_lite(arch, pretrained=bool(pretrained), num_classes=0)
+        return net, int(net.num_features), bool(pretrained)
     weights = _tv_weights(arch, pretrained, allow_download)
     net = getattr(tvm, arch)(weights=weights)
     if arch.startswith("resnet"):
@@ -283,7 +292,12 @@ def build_classifier(name: str, num_classes: int, pretrained: bool = False, in_s
     backbone, dim, loaded = _backbone(arch, pretrained, small, allow_download, width)
     cls = HybridClassifier if hybrid else CellClassifier
     model = cls(backbone, dim, num_classes, dropout)
+    norm = getattr(backbone, "normalization", None)
+    if norm is not None:
+        model.normalize = Normalize(norm["mean"], norm["std"])
     model.pretrained_loaded = loaded
+    model.normalization = {"mean": tuple(model.normalize.mean.flatten().tolist()),
+                           "std": tuple(model.normalize.std.flatten().tolist())}
     return model
 
 
