@@ -79,3 +79,27 @@ def test_wcsegnet_gradients_reach_every_parameter():
 def test_model_summary_table():
     text = model_summary(build_segmentation_model("unet_relu", 2, width=0.125), (3, 32, 32))
     assert "head" in text and "1x2x32x32" in text and "total params" in text
+
+
+def test_lite_unet_has_an_imagenet_encoder_and_any_input_size(tmp_path):
+    """Issue 23: a U-Net on the EfficientNet-Lite0 encoder, its ImageNet weights loaded,
+    the TensorFlow normalisation inside, through the store and the predictor."""
+    import numpy as np
+
+    from bloodlib.experiments import wbc_segmentation as wcs
+    from bloodlib.inference.store import load_predictor, read_meta, save_model
+    from bloodlib.models.pretrained import lite_state_dict
+    knobs = {"width": 0.25, "num_classes": 4, "image_size": 64}
+    model = wcs.build_model("lite_unet", knobs)
+    encoder = model.model.model.encoder.model
+    assert model.pretrained_loaded and model.normalization["std"] == (0.5, 0.5, 0.5)
+    assert torch.equal(encoder.conv_stem.weight, lite_state_dict("efficientnet_lite0")["conv_stem.weight"])
+    assert model(torch.rand(1, 3, 120, 120)).shape == (1, 4, 120, 120)
+    scratch = wcs.build_model("lite_unet", {**knobs, "pretrained": False})
+    assert not scratch.pretrained_loaded
+    meta = wcs.checkpoint_meta("lite_unet", knobs)
+    assert meta["preprocessing"]["model_normalization"]["mean"] == [0.5] * 3
+    path = save_model(model.eval(), "lite-unet", meta, folder=tmp_path)
+    assert read_meta(path)["preprocessing"]["pretrained"] is True
+    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert load_predictor(path).predict(image).class_map.shape == (64, 64)

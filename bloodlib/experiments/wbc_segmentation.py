@@ -62,7 +62,7 @@ EXCLUDED_TYPES = ("monocyte", "eosinophil")
 PAPER5_COLORS = ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 0.8, 0.0))
 MODELS = ("unet_relu", "unet_leaky", "wcsegnet")
 MODEL_LABELS = {"unet_relu": "Unet (Relu)", "unet_leaky": "Unet (LeakyRelu)",
-                "wcsegnet": "WCSegNet"}
+                "wcsegnet": "WCSegNet", "lite_unet": "U-Net, EfficientNet-Lite0 encoder"}
 DATASET_LABELS = {"jiangxi": "Jiangxi", "cellavision": "CellaVision"}
 TABLE1_METRICS = ("accuracy", "precision", "dice", "mIoU")
 
@@ -295,11 +295,14 @@ def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapp
 
 # ----------------------------------------------------------------------------- training
 def build_model(name: str, knobs: Mapping[str, Any], width: Optional[float] = None) -> torch.nn.Module:
-    """One of :data:`MODELS` with 4 output classes at ``width`` (default the profile's)."""
+    """One of :data:`MODELS` (or ``lite_unet``, a U-Net on an ImageNet-pretrained
+    EfficientNet-Lite0 encoder) with 4 output classes at ``width`` (default the profile's)."""
     from ..models.segmentation_zoo import build_segmentation_model
-    extra = {}
+    extra: dict[str, Any] = {}
     if name == "wcsegnet" and knobs.get("wcsegnet_dropout") is not None:
         extra["dropout"] = float(knobs["wcsegnet_dropout"])
+    if name == "lite_unet":  # ImageNet encoder unless the profile says pretrained=False
+        extra["pretrained"] = bool(knobs.get("pretrained", True))
     return build_segmentation_model(name, int(knobs.get("num_classes", 4)),
                                     width=float(knobs["width"] if width is None else width),
                                     **extra)
@@ -337,10 +340,19 @@ def checkpoint_meta(name: str, knobs: Mapping[str, Any], classes: Sequence[str] 
                                     "width": float(knobs["width"])},
             "classes": list(classes), "input_size": [size, size],
             "preprocessing": {"resize": [size, size], "normalize": "unit", "clahe": False,
-                              "stain": None},
+                              "stain": None, **_encoder_meta(name, knobs)},
             "training_data": {"dataset": dataset or "zheng", "split": "train"},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": name, "knobs": dict(knobs)}
+
+
+def _encoder_meta(name: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """For ``lite_unet``: the ImageNet start and the normalisation applied inside the model."""
+    if name != "lite_unet":
+        return {}
+    from ..models.pretrained import LITE_MEAN, LITE_STD
+    return {"pretrained": bool(knobs.get("pretrained", True)),
+            "model_normalization": {"mean": list(LITE_MEAN), "std": list(LITE_STD)}}
 
 
 def per_dataset(knobs: Mapping[str, Any], key: str, dataset: Optional[str]) -> Any:

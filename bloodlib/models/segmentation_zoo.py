@@ -16,10 +16,16 @@
                    ``width`` scales only the decoder's 256 channels
 ``cbam_dc_unet``   :class:`UNet` with CBAM after every stage and a dilated (1, 2, 4)
                    bottleneck (paper 4's model, whose paper gives no further detail)
+``lite_unet``      smp U-Net on timm's EfficientNet-Lite encoder (``encoder`` kw:
+                   ``efficientnet_lite0/1/2``), with its ImageNet weights when
+                   ``pretrained=True`` (from the offline packages, see
+                   :mod:`bloodlib.models.pretrained`); the encoder's normalisation (mean
+                   0.5, std 0.5) is applied inside, so inputs stay in [0, 1]; ``width``
+                   scales the decoder's 256..16 channels
 =================  ==========================================================================
 
-Pretrained weights are never downloaded (``encoder_weights=None``). smp models are
-wrapped in :class:`PadToMultiple` so that any input size (e.g. 120x120) works.
+Nothing is ever downloaded (smp's ``encoder_weights=None``). smp models are wrapped in
+:class:`PadToMultiple` so that any input size (e.g. 120x120) works.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from .unet import UNet
 from .wcsegnet import WCSegNet
 
 __all__ = ["build_segmentation_model", "SEGMENTATION_MODELS", "ResUNet", "PadToMultiple",
-           "count_parameters", "model_summary"]
+           "NormalizedInput", "count_parameters", "model_summary"]
 
 
 class PadToMultiple(nn.Module):
@@ -129,6 +135,42 @@ def _deeplabv3plus(num_classes: int, in_channels: int, width: float, **kw: Any) 
     return PadToMultiple(model, 32)
 
 
+class NormalizedInput(nn.Module):
+    """``model((x - mean) / std)`` for inputs in [0, 1]; ``normalization`` records both."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.normalization = {"mean": tuple(mean), "std": tuple(std)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def _lite_unet(num_classes: int, in_channels: int, width: float, encoder: str = "efficientnet_lite0",
+               pretrained: bool = False, **kw: Any) -> nn.Module:
+    import segmentation_models_pytorch as smp  # heavy import (timm): only when needed
+
+    from .pretrained import LITE_WEIGHTS, efficientnet_lite
+    if encoder not in LITE_WEIGHTS:
+        raise ValueError(f"encoder must be one of {list(LITE_WEIGHTS)}, got {encoder!r}.")
+    if in_channels != 3:
+        raise ValueError("lite_unet takes RGB images (in_channels=3).")
+    kw.setdefault("decoder_channels", tuple(_ch(c, width) for c in (256, 128, 64, 32, 16)))
+    model = smp.Unet(encoder_name=f"tu-{LITE_WEIGHTS[encoder].timm_name}", encoder_weights=None,
+                     in_channels=3, classes=num_classes, **kw)
+    source = efficientnet_lite(encoder, pretrained=pretrained, features_only=True,
+                               out_indices=tuple(model.encoder.model.feature_info.out_indices))
+    if pretrained:
+        model.encoder.model.load_state_dict(source.state_dict())
+    wrapped = NormalizedInput(PadToMultiple(model, 32), source.normalization["mean"],
+                              source.normalization["std"])
+    wrapped.pretrained_loaded = bool(pretrained)
+    return wrapped
+
+
 SEGMENTATION_MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet_relu": _unet("relu"),
     "unet_leaky": _unet("leaky_relu"),
@@ -136,6 +178,7 @@ SEGMENTATION_MODELS: dict[str, Callable[..., nn.Module]] = {
     "resunet": _resunet,
     "deeplabv3plus": _deeplabv3plus,
     "cbam_dc_unet": _cbam_dc_unet,
+    "lite_unet": _lite_unet,
 }
 
 
