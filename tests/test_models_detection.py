@@ -151,3 +151,47 @@ def test_a_few_steps_reduce_the_loss_on_synthetic_smears(tmp_path):
     loss = result.log["loss"].to_numpy()
     assert len(loss) == 10
     assert loss[-3:].mean() < 0.85 * loss[:3].mean()
+
+
+@pytest.mark.parametrize("kind", ["faster_rcnn", "mask_rcnn", "mcnet"])
+def test_efficientnet_lite_fpn_detectors_start_from_imagenet(kind, tmp_path):
+    """Issue 23: an FPN on the pretrained EfficientNet-Lite0 feature maps, frozen batch
+    norm, the TensorFlow normalisation in the detector's transform; it trains one step,
+    and rebuilds from the store with the same normalisation."""
+    import numpy as np
+
+    from bloodlib.inference.detection import DetectorPredictor, detector_meta
+    from bloodlib.inference.store import save_model
+    from bloodlib.models.pretrained import lite_state_dict
+    model = build_detector(kind, "efficientnet_lite0", num_classes=4, min_size=128, max_size=128,
+                           pretrained_backbone=True)
+    assert model.backbone_pretrained and model.transform.image_mean == [0.5, 0.5, 0.5]
+    stem = model.backbone.body["stem"][0].weight
+    assert torch.equal(stem, lite_state_dict("efficientnet_lite0")["conv_stem.weight"])
+    assert not stem.requires_grad  # trainable_layers=3 by default with ImageNet weights
+    frozen = [m for m in model.backbone.body.modules() if "Frozen" in type(m).__name__]
+    assert frozen and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.body.modules())
+    model.train()
+    target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 128, 128, dtype=torch.uint8)}
+    losses = model([torch.rand(3, 128, 128)], [target])
+    sum(losses.values()).backward()
+    path = save_model(model.eval(), "lite-det", detector_meta(model, ["WBC", "RBC", "Platelets"]),
+                      folder=tmp_path)
+    predictor = DetectorPredictor.from_checkpoint(path)
+    assert predictor.model.transform.image_mean == [0.5, 0.5, 0.5]
+    image = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
+    predictor.predict(image)
+
+
+def test_r_mask_rcnn_on_efficientnet_lite():
+    from bloodlib.models.pretrained import lite_state_dict
+    from bloodlib.models.rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn
+    for build in (build_rmaskrcnn, build_plain_maskrcnn):
+        model = build(1, backbone="efficientnet_lite0", pretrained_backbone=True, image_size=128)
+        assert model.transform.image_std == [0.5, 0.5, 0.5]
+        stem = dict(model.backbone.body.named_parameters())["stem.0.weight"]
+        assert torch.equal(stem, lite_state_dict("efficientnet_lite0")["conv_stem.weight"])
+        model.eval()
+        out = model([torch.rand(3, 128, 128)])[0]
+        assert set(out) >= {"boxes", "masks", "scores"}

@@ -42,14 +42,17 @@ __all__ = ["BACKBONES", "PAPER2_BACKBONES", "DETECTORS", "TRAINABLE_STAGES", "bu
 
 PAPER2_BACKBONES = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "vgg19",
                     "densenet121", "densenet169")
-BACKBONES = PAPER2_BACKBONES + ("mobilenet_v3_large",)
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = PAPER2_BACKBONES + ("mobilenet_v3_large",) + LITE_BACKBONES
 DETECTORS = ("faster_rcnn", "mask_rcnn", "mcnet")
 TRAINABLE_STAGES = ("heads", "4+", "3+", "5+", "all")
 #: Paper 2's spelling of each backbone (tables and figures).
 BACKBONE_LABELS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152",
                    "resnext50_32x4d": "ResNeXt50", "vgg19": "VGG19",
                    "densenet121": "DenseNet121", "densenet169": "DenseNet169",
-                   "mobilenet_v3_large": "MobileNetV3-L"}
+                   "mobilenet_v3_large": "MobileNetV3-L", "efficientnet_lite0": "EfficientNet-Lite0",
+                   "efficientnet_lite1": "EfficientNet-Lite1",
+                   "efficientnet_lite2": "EfficientNet-Lite2"}
 _WEIGHTS = {"resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights",
             "resnet152": "ResNet152_Weights", "resnext50_32x4d": "ResNeXt50_32X4D_Weights",
             "vgg19": "VGG19_Weights", "densenet121": "DenseNet121_Weights",
@@ -72,7 +75,7 @@ def cached_weights(backbone: str) -> Optional[Any]:
 
 
 def _resolve_weights(backbone: str, pretrained: Union[bool, str]) -> Optional[Any]:
-    if pretrained in (False, None, "none"):
+    if pretrained in (False, None, "none") or backbone in LITE_BACKBONES:
         return None
     w = cached_weights(backbone)
     if w is None:
@@ -137,9 +140,30 @@ def _sequential_stages(features: nn.Sequential) -> tuple[list[str], list[int]]:
     return [n for n, _ in ends], [c for _, c in ends]
 
 
+def lite_feature_body(name: str, pretrained: bool) -> _Body:
+    """EfficientNet-Lite as a flat Sequential (stem, then its seven block stages), with the
+    packaged ImageNet weights and frozen batch norm (timm's, which keeps the fused
+    activation) when ``pretrained``, so small batches do not disturb the statistics."""
+    from timm.layers import freeze_batch_norm_2d
+
+    from .pretrained import efficientnet_lite
+    net = efficientnet_lite(name, pretrained=pretrained, num_classes=0)
+    features = nn.Sequential(OrderedDict(
+        [("stem", nn.Sequential(net.conv_stem, net.bn1))]
+        + [(f"stage{i}", stage) for i, stage in enumerate(net.blocks)]))
+    if pretrained:
+        features = freeze_batch_norm_2d(features)
+    ends, chans = _sequential_stages(features)
+    body = _Body(features, ends, chans, bool(pretrained))
+    body.normalization = net.normalization
+    return body
+
+
 def _make_body(name: str, pretrained: Union[bool, str]) -> _Body:
     import torchvision.models as tvm
     from torchvision.ops.misc import FrozenBatchNorm2d
+    if name in LITE_BACKBONES:
+        return lite_feature_body(name, pretrained not in (False, None, "none"))
     weights = _resolve_weights(name, pretrained)
     trained = weights is not None
     if name in _RESNETS:
@@ -189,6 +213,8 @@ def build_backbone(name: str = "resnet50", levels: Sequence[int] = (2, 3, 4, 5),
                          for i in range(5)]
     model.strides = [2 ** l for l in levels] + [2 ** (levels[-1] + 1)]
     model.backbone_name, model.pretrained = name, body.pretrained
+    model.normalization = getattr(body, "normalization", {"mean": (0.485, 0.456, 0.406),
+                                                          "std": (0.229, 0.224, 0.225)})
     if trainable_layers is None:
         trainable_layers = 3 if body.pretrained else 5
     if not 0 <= trainable_layers <= 5:
@@ -270,8 +296,10 @@ def build_detector(kind: str = "faster_rcnn", backbone: str = "resnet50", num_cl
     ratios = (tuple(float(r) for r in aspect_ratios),) * n_maps
     anchors = AnchorGenerator(sizes, ratios)
     box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
+    norm = {"image_mean": list(body.normalization["mean"]),
+            "image_std": list(body.normalization["std"])}
     common = dict(min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
-                  box_head=box_head, **kwargs)
+                  box_head=box_head, **{**norm, **kwargs})
     if kind == "faster_rcnn":
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
         model = FasterRCNN(body, box_predictor=FastRCNNPredictor(representation_size, num_classes),
@@ -299,6 +327,8 @@ def build_detector(kind: str = "faster_rcnn", backbone: str = "resnet50", num_cl
         "trainable_layers": trainable_layers, "pretrained_backbone": False,
         **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}}
     model.backbone_pretrained = bool(body.pretrained)
+    model.normalization = {"mean": list(model.transform.image_mean),
+                           "std": list(model.transform.image_std)}
     return model
 
 

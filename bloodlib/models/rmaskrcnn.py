@@ -64,7 +64,7 @@ __all__ = ["BACKBONES", "PAPER_ANCHOR_SIZES", "PAPER_ASPECT_RATIOS", "AttentionF
            "build_rmaskrcnn", "build_plain_maskrcnn", "attention_maps", "variant_name"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large",
-             "mobilenet_v3_small")
+             "mobilenet_v3_small", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 PAPER_ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
 PAPER_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 LEVELS = ("0", "1", "2", "3")
@@ -107,6 +107,13 @@ def backbone_body(name: str = "mobilenet_v3_large", pretrained: bool = False
     4, 8, 16 and 32 (the paper's P2..P5) and their channel counts."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {BACKBONES}.")
+    if name.startswith("efficientnet_lite"):
+        from .detection import lite_feature_body
+        lite = lite_feature_body(name, pretrained)
+        ends = {e: str(k) for k, e in enumerate(lite.stage_ends[1:])}
+        body = IntermediateLayerGetter(lite.module, ends)
+        body.normalization = lite.normalization
+        return body, list(lite.channels[1:])
     from torchvision.ops.misc import FrozenBatchNorm2d
     frozen = {"norm_layer": FrozenBatchNorm2d} if pretrained else {}
     net = torchvision_model(name, pretrained, **frozen)
@@ -122,6 +129,12 @@ def backbone_body(name: str = "mobilenet_v3_large", pretrained: bool = False
     body = IntermediateLayerGetter(features, {str(e): str(k) for k, e in enumerate(ends)})
     channels = [_out_channels(features[e]) for e in ends]
     return body, channels
+
+
+def _normalization(body: nn.Module) -> dict[str, list[float]]:
+    """MaskRCNN's ``image_mean``/``image_std`` for a body (EfficientNet-Lite: 0.5 / 0.5)."""
+    norm = getattr(body, "normalization", None)
+    return {"image_mean": list(norm["mean"]), "image_std": list(norm["std"])} if norm else {}
 
 
 def _out_channels(block: nn.Module) -> int:
@@ -384,7 +397,8 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
     fpn = AttentionFPN(channels, fpn_channels, attention, bottom_up, residual_attention,
                        attention_logit_bound)
     kwargs: dict[str, Any] = {"rpn_anchor_generator": paper_anchor_generator(anchor_sizes,
-                                                                             aspect_ratios)}
+                                                                             aspect_ratios),
+                              **_normalization(body)}
     if image_size is not None:
         kwargs.update(min_size=int(image_size), max_size=int(image_size))
     kwargs.update(maskrcnn_kwargs)
@@ -436,7 +450,8 @@ def build_plain_maskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
     fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool())
     kwargs: dict[str, Any] = {"rpn_anchor_generator": paper_anchor_generator(anchor_sizes,
                                                                              aspect_ratios),
-                              "mask_roi_pool": MultiScaleRoIAlign(list(LEVELS), 14, 2)}
+                              "mask_roi_pool": MultiScaleRoIAlign(list(LEVELS), 14, 2),
+                              **_normalization(body)}
     if image_size is not None:
         kwargs.update(min_size=int(image_size), max_size=int(image_size))
     kwargs.update(maskrcnn_kwargs)
