@@ -7,6 +7,9 @@ model into the model store as NAME:
 
     python benchmarks/pbc8_classification.py outputs/pbc8 pbc8-resnet18-bench_cpu \\
         image_size=72 crop_fraction=1.0 lr=0.05
+    # fine-tuning ImageNet weights vs the same network from scratch, side by side
+    python benchmarks/pbc8_classification.py outputs/pbc8_lite pbc8-lite0-imagenet \\
+        pbc8_model=efficientnet_lite0 pretrained=True torch_threads=1
 
 Overrides are KEY=VALUE (Python literals); per-task knobs (``epochs``, ``time_budget_s``)
 are given for the 80/20 task only, e.g. ``time_budget_s=1440``. ``variant="..."`` labels
@@ -51,8 +54,9 @@ def main(out_dir: str, name: str, overrides: dict) -> None:
           f"test accuracy {ev.report.accuracy:.4f}, macro F1 {ev.report.macro['f1']:.4f}")
     run.finish(paper="paper1", dataset=f"pbc_{TASK}", split="test", model=knobs["pbc8_model"],
                metrics=ev.metrics(),
-               notes=(f"data={pbc.source}; PBC 8 classes, {TASK}; trained from scratch "
-                      f"(pretrained={knobs['pretrained']}); tta={knobs['tta']}; "
+               notes=(f"data={pbc.source}; PBC 8 classes, {TASK}; "
+                      f"{'fine-tuned from ImageNet' if t.info['pretrained_loaded'] else 'trained from scratch'}"
+                      f"; tta={knobs['tta']}; "
                       f"image_size={knobs['image_size']}, crop_fraction={knobs['crop_fraction']}"),
                extra={**t.info, "n_test": len(parts["test"]), "tta": knobs["tta"],
                       "test_seconds": ev.seconds,
