@@ -15,14 +15,23 @@ images the model trained on; the test images stay untouched). ``seed=N`` changes
 training seed (initial weights, augmentation, batch order) and keeps the notebook's
 split (seed 0), to measure how much a figure moves from one training run to the next.
 ``dataset=cellavision`` runs the same on the CellaVision set (default ``jiangxi``).
-Checkpoints go to ``outputs/wcsegnet_jiangxi/checkpoints``; ``--resume`` continues an
-interrupted run from there.
+``out=DIR`` also writes the results JSON (test metrics without test-time augmentation,
+as notebook 05 reports them) under DIR/results, labelled by ``variant="..."``; the
+pretrained-vs-scratch pair of issue 23 ran as
+
+    python benchmarks/wcsegnet_jiangxi.py lite_unet dataset=cellavision pretrained=True \\
+        out=outputs/zheng_lite variant="EfficientNet-Lite0 U-Net, ImageNet"
+
+Checkpoints go to ``outputs/wcsegnet_jiangxi/checkpoints`` (``DIR/checkpoints`` with
+``out``); ``--resume`` continues an interrupted run from there.
 """
 import resource
 import sys
 import tempfile
+import time
 
 from bloodlib.config import get_profile, parse_overrides
+from bloodlib import session
 from bloodlib.session import pop_flag
 from bloodlib.experiments import wbc_segmentation as wcs
 
@@ -34,8 +43,13 @@ def main(name: str, overrides: dict) -> None:
     train_on_val = bool(overrides.pop("train_on_val", False))
     train_seed = int(overrides.pop("seed", SEED))
     dataset = str(overrides.pop("dataset", "jiangxi"))
+    out, variant = overrides.pop("out", None), str(overrides.pop("variant", "") or "")
+    run = session.start(wcs.EXPERIMENT, "bench_cpu", output_dir=out, verbose=False,
+                        resume=RESUME) if out else None
     knobs = {**get_profile(wcs.EXPERIMENT, "bench_cpu"), **overrides, "resume": RESUME,
-             "checkpoint_dir": "outputs/wcsegnet_jiangxi/checkpoints"}
+             "checkpoint_dir": (run.knobs["checkpoint_dir"] if run
+                                else "outputs/wcsegnet_jiangxi/checkpoints")}
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         included, _, source = wcs.load_or_synthesize(dataset, knobs, tmp, SEED)
     if source == "synthetic":
@@ -46,13 +60,27 @@ def main(name: str, overrides: dict) -> None:
           f"training seed {train_seed}; {overrides}")
     model, history, val = wcs.train_model(name, train, parts["val"], knobs, "cpu", train_seed,
                                           dataset=dataset)
+    metrics = {}
     for tta in (None, "dihedral"):
         m = wcs.evaluate(model, parts["test"], {**knobs, "tta": tta}, "cpu")
+        metrics[tta] = m
         print(f"tta={tta}: " + " ".join(f"{k} {m[k]:.4f}" for k in
                                          ("nucleus_dice", "dice", "mIoU", "precision", "accuracy")))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"epochs {history.last_epoch} (best {history.best_epoch}) in "
           f"{val['train_seconds'] / 60:.1f} min, peak RSS {peak_mb:.0f} MB")
+    if run is not None:
+        run.finish(paper="paper5", dataset=dataset, split="test", model=name,
+                   metrics=wcs.finite(metrics[None]),
+                   config={k: v for k, v in knobs.items() if k != "checkpoint_dir"},
+                   notes=f"data={source}; metrics averaged over classes incl. background; "
+                         f"benchmarks/wcsegnet_jiangxi.py, training seed {train_seed}",
+                   extra={"best_epoch": history.best_epoch, "epochs_run": history.last_epoch,
+                          "train_seconds": val["train_seconds"], "peak_rss_mb": peak_mb,
+                          "wall_seconds": time.perf_counter() - t0,
+                          "dihedral_tta": wcs.finite(metrics["dihedral"]),
+                          "pretrained": bool(getattr(model, "pretrained_loaded", False)),
+                          **({"variant": variant} if variant else {})})
 
 
 if __name__ == "__main__":

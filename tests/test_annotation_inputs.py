@@ -208,3 +208,30 @@ def test_yolo_parser_gives_boxes_or_our_error(tmp_path_factory, lines):
     except BloodlibError:
         return
     assert all(len(a["bbox"]) == 4 and np.all(np.isfinite(a["bbox"])) for a in coco["annotations"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(values=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                                          st.integers(-100, 200), st.sampled_from(["", "x", "1e9"])),
+                                min_size=4, max_size=4), max_size=5),
+       names=st.lists(st.sampled_from(["a", "B", " b ", "c", ""]), min_size=5, max_size=5))
+def test_voc_parser_and_validation_keep_only_sane_boxes(tmp_path_factory, values, names):
+    """Random VOC boxes (NaN, inf, text, outside the image, inverted): the parser and
+    validate_coco end in our errors or keep only finite boxes inside the 64x48 image."""
+    root = tmp_path_factory.mktemp("voc")
+    _image(root / "img/x.png")
+    objects = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{v[0]}</xmin><ymin>{v[1]}</ymin>"
+        f"<xmax>{v[2]}</xmax><ymax>{v[3]}</ymax></bndbox></object>" for n, v in zip(names, values))
+    (root / "x.xml").write_text(f"<annotation><filename>x.png</filename>{objects}</annotation>")
+    try:
+        coco = voc_to_coco([root / "x.xml"], root / "img", ["a", "b"])
+        report = validate_coco(coco, clip=True, drop_invalid=True)
+    except BloodlibError:
+        return
+    assert report["annotations"] == len(coco["annotations"])
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        assert np.all(np.isfinite(a["bbox"])) and w > 0 and h > 0
+        assert 0 <= x and 0 <= y and x + w <= 64 + 1e-6 and y + h <= 48 + 1e-6
