@@ -208,7 +208,8 @@ def train_yolo(data_yaml: Union[str, os.PathLike], name: str = "yolov9t", *, epo
                imgsz: int = 640, batch: int = 8, device: Any = "cpu", seed: int = 0,
                time_budget_s: Optional[float] = None, pretrained: Union[bool, str] = "auto",
                project: Optional[Union[str, os.PathLike]] = None, run_name: str = "train",
-               n_train_images: Optional[int] = None, **overrides: Any) -> YoloTraining:
+               n_train_images: Optional[int] = None, resume: bool = False,
+               **overrides: Any) -> YoloTraining:
     """Train YOLO ``name`` on ``data_yaml`` (from :func:`export_yolo_dataset`, with
     ``train`` and ``val`` splits) and return the best weights.
 
@@ -216,6 +217,8 @@ def train_yolo(data_yaml: Union[str, os.PathLike], name: str = "yolov9t", *, epo
     Plots, AMP on the CPU, and the run's network hooks are off; ``overrides`` go to
     ``YOLO.train`` (e.g. ``lr0``, ``mosaic``, ``optimizer``). ``n_train_images`` (for
     the throughput figure) defaults to the number of label files of the train split.
+    ``resume`` continues this run's ``weights/last.pt`` (ultralytics' own resume, which
+    restores the optimizer, the epoch and the run's settings) when it exists.
     """
     import pandas as pd
     work = _ensure()
@@ -229,12 +232,23 @@ def train_yolo(data_yaml: Union[str, os.PathLike], name: str = "yolov9t", *, epo
     if time_budget_s is not None:
         args["time"] = float(time_budget_s) / 3600.0
     args.update(overrides)
+    save_dir = Path(args["project"]) / run_name
+    last = save_dir / "weights" / "last.pt"
     t0 = time.monotonic()
-    model.train(**args)
+    finished = resume and last.is_file() and _finished(last)
+    if finished:  # nothing left to train: use what the earlier run left
+        print(f"{last} is a finished run; using its weights")
+    elif resume and last.is_file():
+        print(f"resuming from {last}")
+        model = build_yolo(name, weights=last)
+        model.train(resume=True)
+    else:
+        model.train(**args)
     seconds = time.monotonic() - t0
-    trainer = model.trainer
-    save_dir = Path(trainer.save_dir)
-    best = Path(trainer.best) if Path(trainer.best).is_file() else None
+    trainer = getattr(model, "trainer", None) if not finished else None
+    save_dir = Path(trainer.save_dir) if trainer is not None else save_dir
+    best_path = Path(trainer.best) if trainer is not None else save_dir / "weights" / "best.pt"
+    best = best_path if best_path.is_file() else None
     csv = save_dir / "results.csv"
     history = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
     history.columns = [c.strip() for c in history.columns]
@@ -245,6 +259,13 @@ def train_yolo(data_yaml: Union[str, os.PathLike], name: str = "yolov9t", *, epo
     trained = build_yolo(name, weights=best) if best is not None else model
     return YoloTraining(trained, save_dir, best, history, seconds, epochs_run,
                         epochs_run * int(n_train_images), model.bloodlib_pretrained)
+
+
+def _finished(last: Path) -> bool:
+    """Whether an ultralytics ``last.pt`` is from a run that ended (its epoch is -1)."""
+    from ultralytics.nn.tasks import torch_safe_load
+    ckpt, _ = torch_safe_load(str(last))
+    return int(ckpt.get("epoch", -1)) == -1
 
 
 def predict_coco_yolo(model: Any, coco: dict, *, imgsz: int = 640, conf: float = 0.001,

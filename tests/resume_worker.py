@@ -1,6 +1,6 @@
 """A small training run for tests/test_resume.py, killed with SIGKILL and resumed there.
 
-usage: python resume_worker.py {fit,detector,steps} CHECKPOINT OUT.pt [SLEEP_S]
+usage: python resume_worker.py {fit,detector,steps,gan} CHECKPOINT OUT.pt [SLEEP_S]
 Trains with ``resume_from="auto"`` and writes the final weights to OUT.pt.
 """
 
@@ -63,6 +63,17 @@ def main() -> None:
         fit(model, loader, None, nn.CrossEntropyLoss(), opt, 6, "cpu", checkpoint_path=ckpt,
             resume_from="auto", checkpoint_every_s=0, progress=False, restore_best=False,
             monitor="train_loss", mode="min")
+    elif kind == "gan":  # notebook 03's RENS-GAN
+        import numpy as np
+
+        from bloodlib.models import rens_gan
+        crops = rens_gan.random_crops
+        rens_gan.random_crops = lambda *a: (time.sleep(sleep_s * 20), crops(*a))[1]
+        images = [(np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)
+                  for i in range(4)]
+        model, _ = rens_gan.train_gan(images, steps=12, crop=16, batch_size=2, channels=4,
+                                      blocks=1, vgg_weights="random", checkpoint_path=ckpt,
+                                      resume_from="auto")
     elif kind == "steps":  # notebook 03's loop (blood_cancer.train_steps)
         from pathlib import Path
 

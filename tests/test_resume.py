@@ -49,6 +49,8 @@ def _same_weights(a: Path, b: Path) -> bool:
      lambda p: 4 <= torch.load(p, weights_only=True)["extra"]["step"] < 20),
     ("steps", "model.pt",
      lambda p: 1 <= torch.load(p, weights_only=True)["extra"]["step"] < 20),
+    ("gan", "model.pt",
+     lambda p: 1 <= torch.load(p, weights_only=True)["extra"]["step"] < 12),
 ])
 def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(tmp_path, kind, latest, ready):
     reference = _run(kind, tmp_path / "ref" / "model.pt", tmp_path / "ref.pt")

@@ -143,3 +143,32 @@ def test_one_epoch_offline_training_scored_by_our_evaluator(smears, tmp_path, ne
     res = detector.predict(read_image(gt["images"][0]["path"]), score_threshold=0.0)
     assert res.boxes.shape[1] == 4 and set(res.labels) <= set(detector.classes)
     assert network_attempts == []  # nothing tried to download (weights, fonts, AMP check)
+
+
+def test_interrupted_yolo_run_resumes_and_a_finished_one_is_reused(smears, tmp_path, monkeypatch,
+                                                                   network_attempts):
+    """Issue 24 item 15: resume=True continues ultralytics' last.pt (its own resume);
+    a finished run is used as it is."""
+    data_yaml = yolo.export_yolo_dataset(smears, tmp_path / "yolo")
+    kw = dict(epochs=2, imgsz=64, batch=2, device="cpu", pretrained=False,
+              project=tmp_path / "runs", mosaic=0.0, warmup_epochs=0.0)
+    real_build = yolo.build_yolo
+
+    def interrupting(*a, **k):
+        model = real_build(*a, **k)
+
+        def stop(trainer):
+            if trainer.epoch == 0:
+                raise KeyboardInterrupt("simulated kill after epoch 1")
+        model.add_callback("on_model_save", stop)
+        return model
+    monkeypatch.setattr(yolo, "build_yolo", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        yolo.train_yolo(data_yaml, "yolov9t", **kw)
+    monkeypatch.setattr(yolo, "build_yolo", real_build)
+    last = tmp_path / "runs" / "train" / "weights" / "last.pt"
+    assert last.is_file() and not yolo._finished(last)
+    resumed = yolo.train_yolo(data_yaml, "yolov9t", resume=True, **kw)
+    assert resumed.epochs == 2 and yolo._finished(last)
+    again = yolo.train_yolo(data_yaml, "yolov9t", resume=True, **kw)
+    assert again.epochs == 2 and again.best == resumed.best

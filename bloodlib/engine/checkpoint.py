@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "jsonable"]
+__all__ = ["save_checkpoint", "load_checkpoint", "jsonable", "run_checkpoint", "resolve_resume"]
 
 FORMAT_VERSION = 1
 
@@ -57,10 +57,11 @@ def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tens
                     epoch: Optional[int] = None, *, scheduler: Any = None,
                     history: Optional[list[dict]] = None,
                     extra: Optional[Mapping[str, Any]] = None,
-                    rng: Optional[Mapping[str, Any]] = None) -> Path:
+                    rng: Optional[Mapping[str, Any]] = None,
+                    states: Optional[Mapping[str, Any]] = None) -> Path:
     """Write model (a module, or its ``state_dict``) and optionally optimizer/scheduler
-    state, epoch, history and the random-number state (``rng``, for an exact resume) to
-    ``path``.
+    state, epoch, history, the random-number state (``rng``, for an exact resume) and
+    further state dicts (``states``, e.g. a GAN's second optimizer) to ``path``.
 
     The file is written to a temporary name and renamed, so an interrupted save never
     leaves a truncated checkpoint behind.
@@ -79,6 +80,8 @@ def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tens
     }
     if rng is not None:  # tensors and numbers from bloodlib.engine.rng.rng_state
         payload["rng_state"] = dict(rng)
+    if states is not None:  # further state dicts (a second optimizer ...)
+        payload["states"] = dict(states)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -118,3 +121,20 @@ def run_checkpoint(knobs: Mapping[str, Any], label: str) -> tuple[Optional[Path]
         return None, None
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     return Path(folder) / f"{safe}.pt", ("auto" if knobs.get("resume") else None)
+
+
+def resolve_resume(resume_from: Any, latest: Optional[Path]) -> Optional[Path]:
+    """The checkpoint to resume from: a path as given, or for ``"auto"`` / True the
+    ``latest`` checkpoint when it exists (None: start from scratch)."""
+    if resume_from in (None, False):
+        return None
+    if resume_from in ("auto", True):
+        if latest is not None and latest.is_file():
+            print(f"resuming from {latest}")
+            return latest
+        return None
+    path = Path(resume_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path} to resume from; give the "
+                                "'*_last.pt' file of an earlier run, or 'auto'.")
+    return path

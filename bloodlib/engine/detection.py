@@ -20,7 +20,6 @@ The importable, tested equivalent of torchvision's ``references/detection`` engi
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,8 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .rng import ResumableBatches, rng_state, set_rng_state
-from .trainer import _amp_dtype, _autocast, _bar, _eval_mode, resolve_resume
+from .checkpoint import resolve_resume
+from .trainer import _amp_dtype, _autocast, _bar, _eval_mode
 
 __all__ = ["Stage", "PAPER1_STAGES", "LOSS_KEYS", "LOSS_LABELS", "DetectionTraining",
            "train_detector", "scale_stages", "predict_coco", "evaluate_detector",

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import torch
 from torch import nn
 
-from .checkpoint import _unwrap, load_checkpoint, save_checkpoint
+from .checkpoint import _unwrap, load_checkpoint, resolve_resume, save_checkpoint
 from .rng import rng_state, set_rng_state
 
 __all__ = ["History", "fit", "train_one_epoch", "mean_loss", "evaluate_segmentation",
@@ -145,23 +145,6 @@ def last_checkpoint_path(checkpoint_path: str | Path) -> Path:
     """Where :func:`fit` keeps the latest epoch: ``best.pt`` -> ``best_last.pt``."""
     p = Path(checkpoint_path)
     return p.with_name(f"{p.stem}_last{p.suffix or '.pt'}")
-
-
-def resolve_resume(resume_from: Any, latest: Optional[Path]) -> Optional[Path]:
-    """The checkpoint to resume from: a path as given, or for ``"auto"`` / True the
-    ``latest`` checkpoint when it exists (None: start from scratch)."""
-    if resume_from in (None, False):
-        return None
-    if resume_from in ("auto", True):
-        if latest is not None and latest.is_file():
-            print(f"resuming from {latest}")
-            return latest
-        return None
-    path = Path(resume_from)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path} to resume from; give the "
-                                "'*_last.pt' file of an earlier run, or 'auto'.")
-    return path
 
 
 # ----------------------------------------------------------------------------- epochs

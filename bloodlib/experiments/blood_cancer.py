@@ -48,9 +48,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import register
-from ..engine.checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
+from ..engine.checkpoint import load_checkpoint, resolve_resume, run_checkpoint, save_checkpoint
 from ..engine.rng import ResumableBatches, rng_state, set_rng_state
-from ..engine.trainer import resolve_resume
 
 EXPERIMENT = "blood_cancer"
 PAPER = "paper3"

@@ -375,6 +375,7 @@ def train_yolo_model(splits: Mapping[str, dict], knobs: Mapping[str, Any], devic
                            device=device, seed=seed, time_budget_s=budget,
                            pretrained=knobs.get("pretrained", "auto"), project=work / "yolo_runs",
                            run_name=run_name, n_train_images=len(splits["train"]["images"]),
+                           resume=bool(knobs.get("resume")),
                            **dict(knobs.get("yolo_overrides") or {}))
 
 

@@ -22,14 +22,19 @@ blocks) are ours and small enough to train in a minute on a CPU.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from ..engine.rng import rng_state, set_rng_state
 
 __all__ = ["ResidualBlock", "NoiseSuppressionGenerator", "ResolutionGenerator",
            "Discriminator", "FeatureExtractor", "RensGAN", "GANHistory", "degrade",
@@ -245,10 +250,14 @@ def train_gan(images: Sequence[np.ndarray], steps: int = 100, crop: int = 64,
               batch_size: int = 8, lr: float = 2e-4, noise_std: float = 0.04,
               adv_weight: float = 1e-2, feature_weight: float = 0.1, channels: int = 32,
               blocks: int = 3, vgg_weights: str = "auto", device: Any = "cpu", seed: int = 0,
-              time_budget_s: Optional[float] = None) -> tuple[RensGAN, GANHistory]:
+              time_budget_s: Optional[float] = None, checkpoint_path: Optional[Any] = None,
+              resume_from: Any = None) -> tuple[RensGAN, GANHistory]:
     """Train a :class:`RensGAN` on random ``crop`` px crops of RGB uint8 ``images`` for
     ``steps`` generator/discriminator updates (Adam, betas 0.5/0.999), or until
-    ``time_budget_s``. Returns the model (eval mode) and the per-step losses."""
+    ``time_budget_s``. Returns the model (eval mode) and the per-step losses.
+    ``checkpoint_path`` gets the state after the first step, every 60 s and at the end
+    (both optimizers and every random generator); ``resume_from`` (a path, or ``"auto"``
+    for ``checkpoint_path`` when it exists) continues it with the same crops and noise."""
     if not images:
         raise ValueError("train_gan needs at least one image.")
     if crop % 2:
@@ -261,8 +270,10 @@ def train_gan(images: Sequence[np.ndarray], steps: int = 100, crop: int = 64,
     opt_g = torch.optim.Adam(g_params, lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
     history = GANHistory(feature_weights=gan.features.weights)
-    t0 = time.perf_counter()
-    for step in range(int(steps)):
+    t0, last_save = time.perf_counter(), None
+    state = _GanState(gan, opt_g, opt_d, rng, gen, history)
+    start = state.load(resolve_resume(resume_from, Path(checkpoint_path) if checkpoint_path else None))
+    for step in range(start, int(steps)):
         real = random_crops(images, batch_size, crop, rng).to(device)
         noisy, clean_lr = degrade(real, noise_std, gen)
         loss_g, fake, row = _generator_loss(gan, noisy, clean_lr, real, adv_weight, feature_weight)
@@ -274,10 +285,46 @@ def train_gan(images: Sequence[np.ndarray], steps: int = 100, crop: int = 64,
         loss_d.backward()
         opt_d.step()
         history.rows.append({"step": step + 1, **row, "discriminator": float(loss_d.detach())})
+        if checkpoint_path is not None and (last_save is None or time.perf_counter() - last_save > 60):
+            state.save(checkpoint_path)
+            last_save = time.perf_counter()
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
             break
     history.seconds = time.perf_counter() - t0
+    if checkpoint_path is not None and history.rows:
+        state.save(checkpoint_path)
     return gan.eval(), history
+
+
+@dataclass
+class _GanState:
+    """What :func:`train_gan` needs to stop and continue exactly."""
+
+    gan: RensGAN
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    rng: np.random.Generator
+    gen: torch.Generator
+    history: GANHistory
+
+    def save(self, path: Any) -> None:
+        save_checkpoint(path, self.gan, None, self.opt_g, history=self.history.rows,
+                        extra={"step": len(self.history.rows),
+                               "numpy_rng": json.dumps(self.rng.bit_generator.state)},
+                        rng=rng_state(), states={"opt_d": self.opt_d.state_dict(),
+                                                 "crop_noise": self.gen.get_state()})
+
+    def load(self, path: Optional[Path]) -> int:
+        """The step to continue from (0 without a checkpoint)."""
+        if path is None:
+            return 0
+        ckpt = load_checkpoint(path, self.gan, optimizer=self.opt_g)
+        self.opt_d.load_state_dict(ckpt["states"]["opt_d"])
+        self.gen.set_state(ckpt["states"]["crop_noise"])
+        self.rng.bit_generator.state = json.loads(ckpt["extra"]["numpy_rng"])
+        set_rng_state(ckpt["rng_state"])
+        self.history.rows = list(ckpt.get("history") or [])
+        return int(ckpt["extra"]["step"])
 
 
 @torch.no_grad()
