@@ -258,7 +258,7 @@ def test_extract_rejects_path_traversal(tmp_path):
 def test_real_bccd_verifies(data_root):
     if not cat.is_available("bccd", root=data_root):
         pytest.skip(f"bccd is not under {data_root}")
-    report = cat.verify("bccd", root=data_root)
+    report = cat.verify("bccd", root=data_root, use_cache=False)  # --full
     assert report.ok, report.summary()
     assert report.checked == len(cat.load_manifest("bccd")["files"])
 
@@ -373,5 +373,5 @@ def test_extract_refuses_a_zip_bomb(tmp_path):
 def test_real_datasets_verify_without_extra_files(data_root):
     for name in LOCAL:
         if cat.is_available(name, root=data_root):
-            report = cat.verify(name, root=data_root)
+            report = cat.verify(name, root=data_root, use_cache=False)  # --full
             assert report.ok and not report.unexpected, report.summary()
