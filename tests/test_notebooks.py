@@ -3,7 +3,10 @@
 Each notebook declares in its metadata ``bloodlib.experiment`` and
 ``bloodlib.expected_figures``; the run must write those figures (except, without the real
 datasets, those listed in ``bloodlib.figures_needing_data``) and at least one results
-JSON whose metrics are all finite.
+JSON whose metrics are all finite. With the real datasets, ``bloodlib.quick_floors``
+(``[{"dataset", "model", "metric", "min"}, ...]``, set from measured quick runs) says how
+much each quick model must at least have learned, so a quick run can never again teach
+with a model that scores zero.
 """
 
 from __future__ import annotations
@@ -64,9 +67,23 @@ def test_runs_in_quick_profile(path, tmp_path):
         assert data["profile"] == "quick" and data["metrics"]
         bad = {k: v for k, v in data["metrics"].items() if not math.isfinite(v)}
         assert not bad, f"{res.name}: non-finite metrics {bad}"
+    if real_data_root() is not None:
+        _check_floors(path.name, meta.get("quick_floors", []), results)
     fig_dir = tmp_path / "figures" / meta["experiment"]
     # figures drawn from a real dataset only (a check the notebook skips without it)
     optional = set(meta.get("figures_needing_data", [])) if real_data_root() is None else set()
     missing = [f for f in meta["expected_figures"]
                if f not in optional and not (fig_dir / f"{f}.png").is_file()]
     assert not missing, f"{path.name} did not write figures {missing}"
+
+
+def _check_floors(name, floors, results):
+    """Every floor is met by the results JSON of its dataset and model."""
+    rows = [json.loads(r.read_text()) for r in results]
+    for floor in floors:
+        hits = [r for r in rows if r["dataset"] == floor["dataset"]
+                and r.get("model") == floor["model"] and floor["metric"] in r["metrics"]]
+        assert hits, f"{name}: no quick result for {floor}"
+        best = max(r["metrics"][floor["metric"]] for r in hits)
+        assert best >= floor["min"], (f"{name}: quick {floor['model']} on {floor['dataset']} "
+                                      f"reached {floor['metric']} {best:.3f} < floor {floor['min']}")

