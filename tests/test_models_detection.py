@@ -176,8 +176,9 @@ def test_efficientnet_lite_fpn_detectors_start_from_imagenet(kind, tmp_path):
               "masks": torch.zeros(1, 128, 128, dtype=torch.uint8)}
     losses = model([torch.rand(3, 128, 128)], [target])
     sum(losses.values()).backward()
-    path = save_model(model.eval(), "lite-det", detector_meta(model, ["WBC", "RBC", "Platelets"]),
-                      folder=tmp_path)
+    meta = detector_meta(model, ["WBC", "RBC", "Platelets"])
+    assert meta["preprocessing"]["model_normalization"]["mean"] == [0.5, 0.5, 0.5]
+    path = save_model(model.eval(), "lite-det", meta, folder=tmp_path)
     predictor = DetectorPredictor.from_checkpoint(path)
     assert predictor.model.transform.image_mean == [0.5, 0.5, 0.5]
     image = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)

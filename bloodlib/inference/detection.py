@@ -64,7 +64,8 @@ def detector_meta(model: torch.nn.Module, classes: Sequence[str], *, input_size:
     return {"task": "detect", "architecture": DETECTOR_ARCHITECTURE,
             "architecture_kwargs": info, "classes": [str(c) for c in classes],
             "input_size": input_size if input_size is not None else info["min_size"],
-            "preprocessing": dict(DEFAULT_PREPROCESSING, **(preprocessing or {})),
+            "preprocessing": dict(DEFAULT_PREPROCESSING, **(preprocessing or {}),
+                                  model_normalization=getattr(model, "normalization", None)),
             "training_data": training_data or {},
             "metrics": {k: float(v) for k, v in (metrics or {}).items()
                         if isinstance(v, (int, float)) and np.isfinite(v)},
