@@ -176,7 +176,7 @@ box = st.tuples(st.floats(0, 50), st.floats(0, 40), st.floats(1, 14), st.floats(
 def test_voc_yolo_coco_round_trip_keeps_boxes(tmp_path_factory, boxes):
     """COCO -> YOLO files -> COCO and VOC XML -> COCO give back the same boxes."""
     root = tmp_path_factory.mktemp("rt")
-    image = _image(root / "img/x.png")
+    _image(root / "img/x.png")
     objects = "".join(
         f"<object><name>{'ab'[c]}</name><bndbox><xmin>{x}</xmin><ymin>{y}</ymin>"
         f"<xmax>{x + w}</xmax><ymax>{y + h}</ymax></bndbox></object>" for c, (x, y, w, h) in boxes)
