@@ -1,4 +1,4 @@
-"""Command line: ``python -m bloodlib {run,bench,fetch,verify,datasets,predict,models,board}``."""
+"""Command line: ``python -m bloodlib {run,bench,fetch,verify,datasets,predict,export,models,board}``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict_cli import main as predict_main
 
     return predict_main(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .inference.onnx_export import export_onnx, onnx_meta
+
+    path = export_onnx(args.model, args.out)
+    meta = onnx_meta(path)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): {meta['task']} model, classes "
+          f"{meta['classes']}; run it with bloodlib predict --runtime onnxruntime")
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -118,6 +128,10 @@ EXAMPLES = """examples:
   bloodlib models                           list trained models in the store
   bloodlib predict smears/ --task detect --out preds/
                                             overlays + detections.csv + counts.csv
+  bloodlib predict lab/ --task classify --out preds/ --resume
+                                            batched, resumable; --shard I/N + --merge
+  bloodlib export pbc8-resnet18 --format onnx
+                                            then: bloodlib predict --runtime onnxruntime
   bloodlib board                            results board from results/reference/
 """
 
@@ -169,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "overlays and CSVs (cells, counts)")
     predict_arguments(predict)
     predict.set_defaults(func=_cmd_predict)
+
+    export = sub.add_parser("export", help="export a stored model to ONNX (classifiers, "
+                                           "segmenters, torchvision detectors)")
+    export.add_argument("model", help="model name in the store or a checkpoint path")
+    export.add_argument("--format", choices=("onnx",), default="onnx")
+    export.add_argument("--out", help="output file (default: beside the checkpoint, .onnx)")
+    export.set_defaults(func=_cmd_export)
 
     models = sub.add_parser("models", help="list the model store ($BLOODLIB_MODELS or models/)")
     models.add_argument("--task", choices=("detect", "classify", "segment"))

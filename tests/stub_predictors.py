@@ -97,3 +97,38 @@ def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def store_tiny_classifier(folder: Path, name: str = "tiny-cls", size: int = 32) -> Path:
+    """A random-weight ResNet-18 for 8 PBC classes at ``size`` px saved in ``folder``."""
+    import torch
+
+    from bloodlib.inference.classification import classifier_meta
+    from bloodlib.inference.store import save_model
+    from bloodlib.models.classifiers import build_classifier
+
+    torch.manual_seed(0)
+    classes = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+               "neutrophil", "platelet"]
+    model = build_classifier("resnet18", len(classes), in_size=size)
+    meta = classifier_meta("resnet18", classes, size, architecture_kwargs={"in_size": size},
+                           tta="dihedral", training_data={"dataset": "none", "split": "-"})
+    return save_model(model, name, meta, folder=folder)
+
+
+def store_tiny_detector(folder: Path, name: str = "tiny-det") -> Path:
+    """A random-weight Faster R-CNN (MobileNetV3, 128 px) for WBC / RBC / Platelets."""
+    import torch
+
+    from bloodlib.inference.detection import detector_meta
+    from bloodlib.inference.store import save_model
+    from bloodlib.models.detection import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("faster_rcnn", "mobilenet_v3_large", 4, min_size=128, max_size=160,
+                           fpn_channels=32, representation_size=64,
+                           anchor_sizes=[[16], [32], [64], [128], [256]],
+                           box_score_thresh=0.0)
+    meta = detector_meta(model, ["WBC", "RBC", "Platelets"],
+                         training_data={"dataset": "none", "split": "-"})
+    return save_model(model, name, meta, folder=folder)

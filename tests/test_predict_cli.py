@@ -27,7 +27,7 @@ def folder(tmp_path):
 def test_folder_with_bad_files_is_processed_and_reported(store, folder, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["predict", str(folder), "--task", "segment", "--model", "tiny-seg",
-               "--out", str(out), "--quiet"])
+               "--out", str(out), "--quiet", "--overlays", "all"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "2 image(s) processed, 2 skipped" in printed and "corrupt.png" in printed
@@ -163,8 +163,10 @@ def test_images_over_the_pixel_limit_are_shrunk_and_reported_in_original_pixels(
     (path, factor), = small.downscaled
     assert factor == pytest.approx(2.0, rel=0.01)
     # the stub's fixed boxes are in the shrunk image's pixels, so they come back doubled
-    assert small.rows[0]["x2"] == pytest.approx(full.rows[0]["x2"] * 2)
-    assert small.rows[0]["y2"] == pytest.approx(full.rows[0]["y2"] * 2)
+    small_rows = pd.read_csv(tmp_path / "small" / "detections.csv").iloc[0]
+    full_rows = pd.read_csv(tmp_path / "full" / "detections.csv").iloc[0]
+    assert small_rows["x2"] == pytest.approx(full_rows["x2"] * 2)
+    assert small_rows["y2"] == pytest.approx(full_rows["y2"] * 2)
     summary = json.loads((tmp_path / "small" / "summary.json").read_text())
     assert summary["downscaled"][0]["factor"] == pytest.approx(factor)
 

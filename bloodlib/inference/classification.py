@@ -158,12 +158,14 @@ class ClassifierPredictor(Predictor):
         image = self._preprocess(image)
         return prepare_crop(image, self.input_size, self.crop_fraction)
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[ClassificationResult]:
-        """:meth:`predict` for several images at once (any sizes)."""
+    def predict_batch(self, images: Sequence[np.ndarray], tta: Optional[str] = None
+                      ) -> list[ClassificationResult]:
+        """:meth:`predict` for several images at once (any sizes); ``tta`` overrides the
+        model's test-time views (``meta["tta"]``), e.g. ``"none"`` for speed."""
         if len(images) == 0:
             return []
         x = images_to_tensor(np.stack([self._prepare(im) for im in images]))
-        probs = predict_proba(self.model, x, self.tta, device=self.device)
+        probs = predict_proba(self.model, x, tta or self.tta, device=self.device)
         return [ClassificationResult(self.classes[int(p.argmax())],
                                      {c: float(v) for c, v in zip(self.classes, p)})
                 for p in probs]

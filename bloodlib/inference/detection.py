@@ -118,26 +118,21 @@ class DetectorPredictor(Predictor):
         return cls(model, meta, device)
 
     @torch.no_grad()
-    def _raw(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+    def _raw(self, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        """The model's raw outputs for a batch of (preprocessed) images."""
         if self.architecture == "yolo":
-            r = self.model.predict(source=image[..., ::-1].copy(), imgsz=int(self.input_size or 640),
-                                   conf=0.001, iou=0.7, verbose=False,
-                                   device="cpu" if self.device.type == "cpu" else 0)[0]
-            return {"boxes": r.boxes.xyxy.cpu(), "scores": r.boxes.conf.cpu(),
-                    "labels": r.boxes.cls.cpu().long() + 1}
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
-        out = self.model([x.to(self.device)])[0]
-        return {k: v.detach().cpu() for k, v in out.items()}
+            results = self.model.predict(source=[im[..., ::-1].copy() for im in images],
+                                         imgsz=int(self.input_size or 640), conf=0.001, iou=0.7,
+                                         verbose=False,
+                                         device="cpu" if self.device.type == "cpu" else 0)
+            return [{"boxes": r.boxes.xyxy.cpu(), "scores": r.boxes.conf.cpu(),
+                     "labels": r.boxes.cls.cpu().long() + 1} for r in results]
+        xs = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).float().div_(255)
+              .to(self.device) for im in images]
+        return [{k: v.detach().cpu() for k, v in out.items()} for out in self.model(xs)]
 
-    def predict(self, image: np.ndarray, score_threshold: float = 0.5,
-                nms_threshold: float = 0.5) -> DetectionResult:
-        """Detections of ``image`` (RGB uint8 (H, W, 3)) scoring at least
-        ``score_threshold``, after class-wise NMS at IoU ``nms_threshold``."""
-        if not 0.0 <= score_threshold <= 1.0 or not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1] and nms_threshold in (0, 1], "
-                             f"got {score_threshold} and {nms_threshold}.")
-        image = self._preprocess(image)
-        out = self._raw(image)
+    def _result(self, out: Mapping[str, torch.Tensor], score_threshold: float,
+                nms_threshold: float) -> DetectionResult:
         keep = out["scores"] >= score_threshold
         boxes, scores, labels = out["boxes"][keep], out["scores"][keep], out["labels"][keep]
         order = _class_nms(boxes, scores, labels, nms_threshold)
@@ -150,6 +145,23 @@ class DetectorPredictor(Predictor):
                  for l in labels]
         return DetectionResult(boxes.numpy().astype(np.float32).reshape(-1, 4), names,
                                scores.numpy().astype(np.float32), masks, list(self.classes))
+
+    def predict_batch(self, images: Sequence[np.ndarray], score_threshold: float = 0.5,
+                      nms_threshold: float = 0.5) -> list[DetectionResult]:
+        """:meth:`predict` for several images in one forward pass (any sizes)."""
+        if not 0.0 <= score_threshold <= 1.0 or not 0.0 < nms_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1] and nms_threshold in (0, 1], "
+                             f"got {score_threshold} and {nms_threshold}.")
+        if len(images) == 0:
+            return []
+        outs = self._raw([self._preprocess(im) for im in images])
+        return [self._result(o, score_threshold, nms_threshold) for o in outs]
+
+    def predict(self, image: np.ndarray, score_threshold: float = 0.5,
+                nms_threshold: float = 0.5) -> DetectionResult:
+        """Detections of ``image`` (RGB uint8 (H, W, 3)) scoring at least
+        ``score_threshold``, after class-wise NMS at IoU ``nms_threshold``."""
+        return self.predict_batch([image], score_threshold, nms_threshold)[0]
 
     def __repr__(self) -> str:
         kind = (self.meta.get("architecture_kwargs") or {}).get("kind", self.architecture)

@@ -115,23 +115,44 @@ class SegmenterPredictor(Predictor):
         return cls(model, meta, device)
 
     @torch.no_grad()
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (C, H, W) float32 at the image's size."""
-        image = self._preprocess(image)
-        h, w = image.shape[:2]
+    def predict_proba_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Class probabilities (C, H, W) float32 of each image, at its own size; the
+        images go through the model together (resized to ``input_size``)."""
+        prepared = [self._preprocess(im) for im in images]
+        if not prepared:
+            return []
+        xs = [self._input(im) for im in prepared]
+        if len({tuple(x.shape) for x in xs}) > 1:  # no fixed input size: one at a time
+            logits = [self.model(x.to(self.device)).float() for x in xs]
+        else:
+            logits = list(self.model(torch.cat(xs).to(self.device)).float().split(1))
+        out = []
+        for lg, im in zip(logits, prepared):
+            h, w = im.shape[:2]
+            if lg.shape[-2:] != (h, w):
+                lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
+            out.append(lg.softmax(1)[0].cpu().numpy())
+        return out
+
+    def _input(self, image: np.ndarray) -> torch.Tensor:
         x = to_tensor(image, self.normalize)
-        if self.input_size is not None and (h, w) != self.input_size:
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
                               antialias=True)
-        logits = self.model(x.to(self.device)).float()
-        if logits.shape[-2:] != (h, w):
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits.softmax(1)[0].cpu().numpy()
+        return x
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities (C, H, W) float32 at the image's size."""
+        return self.predict_proba_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
+        """:meth:`predict` for several images in one forward pass."""
+        return [SegmentationResult(p.argmax(0).astype(np.int64), list(self.classes))
+                for p in self.predict_proba_batch(images)]
 
     def predict(self, image: np.ndarray) -> SegmentationResult:
         """The class map (H, W) of ``image`` (RGB uint8)."""
-        proba = self.predict_proba(image)
-        return SegmentationResult(proba.argmax(0).astype(np.int64), list(self.classes))
+        return self.predict_batch([image])[0]
 
     def __repr__(self) -> str:
         return (f"SegmenterPredictor({self.meta['architecture']}, classes={self.classes}, "

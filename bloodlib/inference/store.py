@@ -347,9 +347,10 @@ def predictor_class(task: str) -> type:
 
 
 def load_predictor(name_or_path: PathLike, device: Any = "cpu", task: Optional[str] = None,
-                   folder: Optional[PathLike] = None) -> Any:
+                   folder: Optional[PathLike] = None, runtime: str = "torch") -> Any:
     """A ready predictor (``predict(image)``) for a stored model name or a checkpoint path;
-    ``task`` (optional) is checked against the model's."""
+    ``task`` (optional) is checked against the model's. ``runtime="onnxruntime"`` runs
+    the network from its ONNX export (made beside the checkpoint on first use)."""
     path = resolve_model(name_or_path, folder)
     meta = read_meta(path)
     if "task" not in meta:
@@ -358,4 +359,9 @@ def load_predictor(name_or_path: PathLike, device: Any = "cpu", task: Optional[s
     if task is not None and meta["task"] != task:
         raise BloodlibError(f"Model {str(name_or_path)!r} is a {meta['task']!r} model, not "
                             f"{task!r}; pick a {task!r} model (list_models(task={task!r})).")
+    if runtime == "onnxruntime":
+        from .onnx_export import load_onnx_predictor
+        return load_onnx_predictor(path, device)
+    if runtime != "torch":
+        raise BloodlibError(f"Unknown runtime {runtime!r}; use 'torch' or 'onnxruntime'.")
     return predictor_class(meta["task"]).from_checkpoint(path, device=device)
