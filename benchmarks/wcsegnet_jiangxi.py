@@ -8,6 +8,7 @@ writes no results JSON: the committed numbers come from the notebook.
     python benchmarks/wcsegnet_jiangxi.py wcsegnet loss=ce_dice
     python benchmarks/wcsegnet_jiangxi.py wcsegnet train_on_val=True
     python benchmarks/wcsegnet_jiangxi.py wcsegnet seed=1
+    python benchmarks/wcsegnet_jiangxi.py wcsegnet store=wcsegnet-jiangxi-bench_cpu
     python benchmarks/wcsegnet_jiangxi.py wcsegnet dataset=cellavision
 
 ``train_on_val=True`` trains on train + validation (the best epoch is then picked on
@@ -44,6 +45,7 @@ def main(name: str, overrides: dict) -> None:
     train_seed = int(overrides.pop("seed", SEED))
     dataset = str(overrides.pop("dataset", "jiangxi"))
     out, variant = overrides.pop("out", None), str(overrides.pop("variant", "") or "")
+    store_as = overrides.pop("store", None)
     run = session.start(wcs.EXPERIMENT, "bench_cpu", output_dir=out, verbose=False,
                         resume=RESUME) if out else None
     knobs = {**get_profile(wcs.EXPERIMENT, "bench_cpu"), **overrides, "resume": RESUME,
@@ -69,6 +71,9 @@ def main(name: str, overrides: dict) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"epochs {history.last_epoch} (best {history.best_epoch}) in "
           f"{val['train_seconds'] / 60:.1f} min, peak RSS {peak_mb:.0f} MB")
+    if store_as:
+        print("stored:", _store(model, str(store_as), name, knobs, dataset, len(train),
+                                wcs.finite(metrics[None])))
     if run is not None:
         run.finish(paper="paper5", dataset=dataset, split="test", model=name,
                    metrics=wcs.finite(metrics[None]),
@@ -81,6 +86,17 @@ def main(name: str, overrides: dict) -> None:
                           "dihedral_tta": wcs.finite(metrics["dihedral"]),
                           "pretrained": bool(getattr(model, "pretrained_loaded", False)),
                           **({"variant": variant} if variant else {})})
+
+
+def _store(model, store_as: str, name: str, knobs: dict, dataset: str, n_train: int,
+           metrics: dict):
+    """Save the trained model into the model store as ``store_as`` (``store=NAME``)."""
+    from bloodlib.inference import save_model
+    meta = wcs.checkpoint_meta(name, knobs, dataset=f"wbc_seg_zheng/{dataset}")
+    meta.pop("knobs"), meta.pop("model")
+    meta["metrics"] = metrics
+    meta["training_data"]["split"] = f"train ({n_train} images), metrics on test"
+    return save_model(model.cpu(), store_as, meta)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from .inference import zoo
+
+    if args.action == "list":
+        print(zoo.zoo_table().to_string(index=False))
+        return 0
+    if not args.name:
+        raise BloodlibError(f"bloodlib zoo {args.action} needs a model NAME (bloodlib zoo list).")
+    path = zoo.pull(args.name) if args.action == "pull" else zoo.train(args.name)
+    print(f"{args.name}: stored at {path}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     import warnings
 
@@ -190,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("onnx",), default="onnx")
     export.add_argument("--out", help="output file (default: beside the checkpoint, .onnx)")
     export.set_defaults(func=_cmd_export)
+
+    zoo = sub.add_parser("zoo", help="reference models: list them, train one with its "
+                                     "recipe, or pull its published file")
+    zoo.add_argument("action", choices=("list", "train", "pull"))
+    zoo.add_argument("name", nargs="?", help="a model name from bloodlib zoo list")
+    zoo.set_defaults(func=_cmd_zoo)
 
     models = sub.add_parser("models", help="list the model store ($BLOODLIB_MODELS or models/)")
     models.add_argument("--task", choices=("detect", "classify", "segment"))

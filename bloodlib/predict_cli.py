@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .errors import BloodlibError
 from .inference.common import MAX_PIXELS

@@ -262,9 +262,10 @@ class PredictionDemo:
         self.train_button.layout.display = "none" if names else None
         if not names:
             store = self.folder or models_dir()
+            from .inference.zoo import missing_model_hint
             self._say(f"No trained {self.task.value!r} model in the store ({store}) yet. "
                       "Click 'Train a quick model' (about a minute on a CPU), or train one "
-                      "in its notebook.", error=True)
+                      f"in its notebook. {missing_model_hint(self.task.value)}", error=True)
         return names
 
     def train_quick_model(self) -> Path:
