@@ -1,4 +1,4 @@
-"""Command line: ``python -m bloodlib {run,bench,fetch,verify,datasets,predict,export,models,board}``."""
+"""Command line: ``python -m bloodlib {run,bench,fetch,verify,datasets,predict,export,report,zoo,models,board}``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     meta = onnx_meta(path)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): {meta['task']} model, classes "
           f"{meta['classes']}; run it with bloodlib predict --runtime onnxruntime")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .inference.folder import set_threads
+    from .inference.smear_report import write_smear_report
+    from .predict_cli import _load_models
+
+    set_threads(args.threads, 0)
+    detector, classifier, name = _load_models("detect", args.detector, None, "cpu", args.runtime)
+    names = [name]
+    if args.classifier != "none":
+        from .inference.store import default_model, load_predictor
+        cname = args.classifier or default_model("classify")
+        if cname:
+            classifier = load_predictor(cname, task="classify", runtime=args.runtime)
+            names.append(str(cname))
+    page = write_smear_report(args.inputs, Path(args.out), detector, classifier,
+                              low_confidence=args.low_confidence, thumbnails=args.thumbnails,
+                              score_threshold=args.score_threshold,
+                              resume=args.resume, progress=not args.quiet, model_names=names)
+    print(f"smear report: {page} (and {page.with_name('report.csv')})")
     return 0
 
 
@@ -145,6 +167,8 @@ EXAMPLES = """examples:
                                             batched, resumable; --shard I/N + --merge
   bloodlib export pbc8-resnet18 --format onnx
                                             then: bloodlib predict --runtime onnxruntime
+  bloodlib report smears/ --out report/     HTML smear report: counts, WBC differential
+  bloodlib zoo list                         reference models; zoo train|pull NAME
   bloodlib board                            results board from results/reference/
 """
 
@@ -203,6 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("onnx",), default="onnx")
     export.add_argument("--out", help="output file (default: beside the checkpoint, .onnx)")
     export.set_defaults(func=_cmd_export)
+
+    report = sub.add_parser("report", help="a smear report (HTML + CSV): counts, WBC "
+                                           "differential and flags per smear")
+    report.add_argument("inputs", nargs="+", metavar="SMEAR_OR_FOLDER")
+    report.add_argument("--out", required=True, help="output folder (report.html, report.csv)")
+    report.add_argument("--detector", help="detect model (default: newest in the store)")
+    report.add_argument("--classifier", help="classify model that types each WBC (default: "
+                                             "newest in the store; 'none' for no typing)")
+    report.add_argument("--score-threshold", type=float, default=0.5,
+                        help="detections below this score are dropped")
+    report.add_argument("--low-confidence", type=float, default=0.6,
+                        help="scores below this are flagged as uncertain")
+    report.add_argument("--thumbnails", type=int, default=500,
+                        help="overlay thumbnails for the first N smears")
+    report.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    report.add_argument("--threads", type=int, default=None)
+    report.add_argument("--resume", action="store_true")
+    report.add_argument("--quiet", action="store_true")
+    report.set_defaults(func=_cmd_report)
 
     zoo = sub.add_parser("zoo", help="reference models: list them, train one with its "
                                      "recipe, or pull its published file")

@@ -25,7 +25,8 @@ Writes into ``--out``:
   regions (segment) per class, and the total;
 * ``skipped.csv`` - files that could not be used, with the reason;
 * ``downscaled.csv`` - images shrunk to the pixel limit, with the factor;
-* ``overlays/<image>.png`` - the image with boxes / masks / labels (when asked);
+* ``overlays/<image>.png`` - the image with boxes / masks / labels (when asked), and
+  ``overlays/index.csv`` naming each overlay's image;
 * ``summary.json`` - what was done, totals, throughput.
 
 Files that cannot be used (corrupt, not an image, under 8 px a side, past Pillow's
@@ -38,6 +39,7 @@ exit status is 0 when at least one image was processed, 1 when none was.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -171,6 +173,8 @@ class _FolderRun:
         self.report, self.tables, self.predictor, self.kw = report, tables, predictor, kw
         self.overlay_dir = report.out_dir / "overlays"
         self.used = {p.name for p in self.overlay_dir.glob("*.png")} if tables.resumed else set()
+        if not tables.resumed and (self.overlay_dir / "index.csv").is_file():
+            (self.overlay_dir / "index.csv").unlink()  # a fresh run: a fresh index
         self.overlay_budget = None if overlays is None else max(0, overlays - len(self.used))
 
     def batch(self, items: Sequence[LoadedImage]) -> None:
@@ -202,8 +206,15 @@ class _FolderRun:
         from .inference.pipeline import render_overlay
         if self.overlay_budget is not None and self.report.overlays >= self.overlay_budget:
             return
-        _write_png(self.overlay_dir / _overlay_name(Path(item.path), self.used),
-                   render_overlay(pred))
+        name = _overlay_name(Path(item.path), self.used)
+        _write_png(self.overlay_dir / name, render_overlay(pred))
+        index = self.overlay_dir / "index.csv"
+        new = not index.is_file()
+        with index.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["image", "overlay"])
+            writer.writerow([item.path, name])
         self.report.overlays += 1
 
 

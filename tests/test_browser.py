@@ -179,3 +179,45 @@ def test_demo_notebook_in_jupyterlab(tmp_path):
     (ARTIFACTS / "browser_demo.json").write_text(json.dumps(
         {"chromium": chromium, "status": status, "cells": state["cells"],
          "overlay_width": width, "counts_table": table_text}, indent=2))
+
+
+def test_smear_report_page_in_chromium(tmp_path):
+    """``bloodlib report`` output opened in headless Chromium: the summary cards, one row
+    per smear with its thumbnail loaded, the differential bar; screenshot kept."""
+    chromium = chromium_executable()
+    if chromium is None:
+        pytest.skip("no Chromium executable found (install Debian's `chromium`)")
+    from playwright.sync_api import sync_playwright
+
+    from bloodlib.inference.smear_report import write_smear_report
+    from stub_predictors import StubClassifier, StubDetector
+    from PIL import Image
+
+    folder = tmp_path / "smears"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(smear(i, 240, 320)).save(folder / f"smear_{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    page_path = write_smear_report([folder], tmp_path / "report", StubDetector(),
+                                   StubClassifier(), progress=False,
+                                   model_names=["stub-detector", "stub-classifier"])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu",
+                                          "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.goto(page_path.as_uri(), wait_until="load")
+            rows = page.locator("tbody tr")
+            assert rows.count() == 4
+            loaded = page.evaluate("() => [...document.querySelectorAll('img.thumb')]"
+                                   ".map(i => i.complete && i.naturalWidth > 0)")
+            assert loaded == [True] * 4
+            cards = page.locator(".card").all_inner_texts()
+            assert any("smears" in c and "4" in c for c in cards)
+            assert page.locator(".bar div").count() > 0
+            assert "broken.png" in page.locator("body").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "browser_smear_report.png"), full_page=True)
+        finally:
+            browser.close()
