@@ -23,8 +23,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .notebooks import REFERENCE_DIR, bench
 
-    names = [n for n in args.notebooks if n != "latency"]
+    names = [n for n in args.notebooks if n not in ("latency", "predict")]
     status = _cmd_latency(args) if "latency" in args.notebooks else 0
+    status |= _cmd_predict_scale(args) if "predict" in args.notebooks else 0
     if not names:
         return status
     runs = bench(names, args.profile, Path(args.out) if args.out else None,
@@ -42,6 +43,19 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     path = run_latency_benchmark(args.profile, out, reference, detector_name=args.detector,
                                  classifier_name=args.classifier)
     print(f"latency result: {path} (published to {reference})")
+    write_reference_board(reference)
+    return 0
+
+
+def _cmd_predict_scale(args: argparse.Namespace) -> int:
+    from .inference.scale_benchmark import run_scale_benchmark
+    from .notebooks import PROJECT_ROOT, REFERENCE_DIR, write_reference_board
+
+    out = Path(args.out) if args.out else PROJECT_ROOT / "outputs" / args.profile
+    reference = Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR
+    path = run_scale_benchmark(args.profile, out, reference, classifier_name=args.classifier,
+                               detector_name=args.detector)
+    print(f"prediction-at-scale result: {path} (published to {reference})")
     write_reference_board(reference)
     return 0
 
@@ -191,14 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run notebooks in a benchmark profile and publish "
                                          "their results JSON to results/reference/")
     bench.add_argument("notebooks", nargs="+", help="notebook numbers or names, and/or "
-                                                    "'latency' (prediction latency benchmark)")
+                                                    "'latency' (prediction latency benchmark), "
+                                                    "'predict' (prediction at scale)")
     bench.add_argument("--profile", choices=PROFILE_NAMES, default="bench_cpu")
     bench.add_argument("--out")
     bench.add_argument("--reference-dir")
     bench.add_argument("--resume", action="store_true", help="continue the trainings an "
                        "interrupted run left in the output folder's checkpoints/")
-    bench.add_argument("--detector", help="latency: stored detector to time (default: newest)")
-    bench.add_argument("--classifier", help="latency: stored WBC classifier (default: newest)")
+    bench.add_argument("--detector", help="latency, predict: stored detector to time "
+                                          "(default: newest)")
+    bench.add_argument("--classifier", help="latency, predict: stored classifier (default: "
+                                            "newest)")
     bench.set_defaults(func=_cmd_bench)
 
     fetch = sub.add_parser("fetch", help="download, verify and extract datasets")

@@ -91,15 +91,18 @@ def _worker_init(_: int) -> None:
 
 def load_batches(files: Sequence[str | Path], batch_size: int = 16, workers: int = 0,
                  max_pixels: int = MAX_PIXELS) -> Iterator[list[LoadedImage]]:
-    """Batches of :class:`LoadedImage`, in file order, read by ``workers`` processes (0:
-    in this process) with at most two batches per worker read ahead."""
+    """Batches of :class:`LoadedImage`, in file order, read by ``workers`` spawned
+    processes (0: in this process) with at most two batches per worker read ahead."""
     if batch_size < 1 or workers < 0:
         raise BloodlibError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} "
                             f"and {workers}.")
     loader = torch.utils.data.DataLoader(
         ImageFiles(files, max_pixels), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=list, worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None, persistent_workers=False)
+        prefetch_factor=2 if workers else None, persistent_workers=False,
+        # forked workers can hang on locks held by the parent's thread pools (OpenMP,
+        # onnxruntime); spawned ones start clean (about a second, once per run)
+        multiprocessing_context="spawn" if workers else None)
     yield from loader
 
 
