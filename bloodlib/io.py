@@ -111,3 +111,12 @@ def image_size(path: PathLike) -> tuple[int, int]:
             return img.size
     except (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"Cannot read image header of {path}: {exc}") from exc
+
+
+def save_image(path: PathLike, image: np.ndarray) -> Path:
+    """Write an RGB uint8 array (H, W, 3) to ``path`` (format from the suffix), creating
+    the folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image)).save(path)
+    return path
