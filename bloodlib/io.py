@@ -45,8 +45,11 @@ def _open(path: PathLike) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
         # ImportError: once ultralytics is imported it patches Image.open to retry unknown
         # files with an optional HEIF plugin, which fails with ModuleNotFoundError
-        raise ImageReadError(f"Cannot decode image {path}: {exc}. The file is corrupt, truncated "
-                             "or not an image; re-download it or remove it from the dataset.") from exc
+        detail = ("cannot identify the image format" if isinstance(
+            exc, (UnidentifiedImageError, ImportError)) else str(exc))
+        raise ImageReadError(f"Cannot decode image {path}: {detail}. The file is corrupt, "
+                             "truncated or not an image; re-download it or remove it from the "
+                             "dataset.") from exc
     return img
 
 

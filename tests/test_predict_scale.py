@@ -158,8 +158,12 @@ def test_torchrun_two_processes_write_the_merged_outputs(store, many, tmp_path):
     store_tiny_classifier(store)
     out = tmp_path / "ddp"
     env = {**os.environ, "BLOODLIB_MODELS": str(store), "OMP_NUM_THREADS": "1"}
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                           "2", "--master-port", "29617", "-m", "bloodlib", "predict", str(many),
+                           "2", "--master-port", str(port), "-m", "bloodlib", "predict", str(many),
                            "--task", "classify", "--model", "tiny-cls", "--out", str(out),
                            "--quiet", "--workers", "0", "--threads", "1"],
                           env=env, capture_output=True, text=True, timeout=300)
