@@ -81,7 +81,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .inference.smear_report import write_smear_report
     from .predict_cli import _load_models
 
-    set_threads(args.threads, 0)
+    set_threads(args.threads)
     detector, classifier, name = _load_models("detect", args.detector, None, "cpu", args.runtime)
     names = [name]
     if args.classifier != "none":

@@ -8,7 +8,7 @@ bloodlib predict --merge --task classify --out preds/                   # join t
 torchrun --nproc-per-node 2 -m bloodlib predict lab_folder/ --task classify --out preds/
 ```
 
-Images are read in parallel (``--workers``) and the model runs on batches
+Images are read by reader threads (``--workers``) and the model runs on batches
 (``--batch-size``); rows are appended to the CSVs as each batch finishes, so a killed run
 loses at most one batch and ``--resume`` goes on from there. ``--threads`` defaults to
 the cores not busy with other jobs. Test-time augmentation and overlays are off for
@@ -330,7 +330,7 @@ def run_predict(inputs: Sequence[str | Path], task: str, model: Optional[str], o
     store), predict every input, write the outputs and log a summary.
 
     Defaults for folders: no overlays, no test-time augmentation (``tta=None`` -> "none"
-    when any input is a folder, else the model's); ``workers`` one loader process on two
+    when any input is a folder, else the model's); ``workers`` one reader thread on two
     or more cores; ``threads`` the cores other jobs leave free. ``shard="I/N"`` (or a
     torchrun launch) predicts part I of N into ``out_dir/shards/I-of-N``; under torchrun
     rank 0 then merges the parts into ``out_dir``."""
@@ -341,7 +341,7 @@ def run_predict(inputs: Sequence[str | Path], task: str, model: Optional[str], o
     ranked = _torchrun_rank() if shard is None else None
     part = parse_shard(shard) if shard else ranked
     workers = default_workers() if workers is None else int(workers)
-    threads_used = set_threads(threads, workers)
+    threads_used = set_threads(threads)
     predictor, cls, name = _load_models(task, model, classifier, device, runtime)
     has_folder = any(Path(i).is_dir() for i in inputs)
     if overlays is None:
@@ -426,7 +426,7 @@ def add_arguments(parser: Any) -> None:
                              "model's own for image files)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=None,
-                        help="image-reading processes (default: 1 on two or more cores)")
+                        help="image-reading threads (default: 1 on two or more cores)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the cores not busy with other jobs)")
     parser.add_argument("--resume", action="store_true",

@@ -1,7 +1,7 @@
 """Reading many images for prediction: parallel loading in batches, threads, shards.
 
-``bloodlib predict`` on a lab's folder reads and decodes images in DataLoader worker
-processes while the model works on the previous batch::
+``bloodlib predict`` on a lab's folder reads and decodes images in reader threads while
+the model works on the previous batch::
 
     for batch in load_batches(files, batch_size=32, workers=1):
         good = [item for item in batch if item.error is None]
@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -62,7 +64,7 @@ def read_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-class ImageFiles(torch.utils.data.Dataset):
+class ImageFiles:
     """Image files as :class:`LoadedImage` items, read with :func:`bloodlib.io.read_image`
     and shrunk to ``max_pixels``; read errors are returned, not raised."""
 
@@ -83,27 +85,36 @@ class ImageFiles(torch.utils.data.Dataset):
         return LoadedImage(index, path, image, factors)
 
 
-def _worker_init(_: int) -> None:
-    import cv2
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def load_batches(files: Sequence[str | Path], batch_size: int = 16, workers: int = 0,
-                 max_pixels: int = MAX_PIXELS) -> Iterator[list[LoadedImage]]:
-    """Batches of :class:`LoadedImage`, in file order, read by ``workers`` spawned
-    processes (0: in this process) with at most two batches per worker read ahead."""
+                 max_pixels: int = MAX_PIXELS, ahead: int = 2) -> Iterator[list[LoadedImage]]:
+    """Batches of :class:`LoadedImage`, in file order. With ``workers`` > 0, that many
+    reader threads decode the next ``ahead`` batches while the caller works on this one
+    (JPEG/PNG decoding and resizing release the GIL, so the threads run in parallel; they
+    start at once and copy nothing, unlike DataLoader worker processes, which also hang
+    when forked from a process holding onnxruntime's thread pool)."""
     if batch_size < 1 or workers < 0:
         raise BloodlibError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} "
                             f"and {workers}.")
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(files, max_pixels), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=list, worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None, persistent_workers=False,
-        # forked workers can hang on locks held by the parent's thread pools (OpenMP,
-        # onnxruntime); spawned ones start clean (about a second, once per run)
-        multiprocessing_context="spawn" if workers else None)
-    yield from loader
+    data = ImageFiles(files, max_pixels)
+    chunks = iter([range(i, min(i + batch_size, len(data)))
+                   for i in range(0, len(data), batch_size)])
+    if workers == 0:
+        for chunk in chunks:
+            yield [data[i] for i in chunk]
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bloodlib-read") as pool:
+        pending: deque[list[Future]] = deque()
+
+        def submit() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pending.append([pool.submit(data.__getitem__, i) for i in chunk])
+        for _ in range(max(1, ahead)):
+            submit()
+        while pending:
+            futures = pending.popleft()
+            submit()
+            yield [f.result() for f in futures]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -201,23 +212,24 @@ def busy_cpus(samples: int = 5, interval_s: float = 0.02) -> float:
         return float(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0.0
 
 
-def default_threads(workers: int = 0) -> int:
-    """Torch threads for prediction: the usable cores less those other jobs keep busy
-    and less the loader ``workers``, at least 1. Running more threads than free cores
-    makes every thread wait for the slowest (27x slower in a measured case)."""
-    free = usable_cpus() - busy_cpus() - workers
+def default_threads() -> int:
+    """Torch threads for prediction: the usable cores less those other jobs keep busy,
+    at least 1. Running more threads than free cores makes every thread wait for the
+    slowest (27x slower in a measured case). The reader threads are not counted: they
+    wait on the model most of the time."""
+    free = usable_cpus() - busy_cpus()
     return max(1, int(math.floor(free + 0.5)))
 
 
 def default_workers() -> int:
-    """Loader processes: one when there are at least two cores, else none."""
+    """Reader threads: one when there are at least two cores, else none."""
     return 1 if usable_cpus() >= 2 else 0
 
 
-def set_threads(threads: Optional[int], workers: int = 0) -> int:
+def set_threads(threads: Optional[int]) -> int:
     """Set torch's (and OpenCV's) thread count (``None``: :func:`default_threads`)."""
     import cv2
-    n = int(threads) if threads else default_threads(workers)
+    n = int(threads) if threads else default_threads()
     if n < 1:
         raise BloodlibError(f"--threads must be >= 1, got {n}.")
     torch.set_num_threads(n)

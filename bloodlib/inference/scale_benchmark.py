@@ -4,7 +4,7 @@ Measured in one run on one machine, with the store's models:
 
 * **folder classification** (PBC crops): the old per-image path (one image at a time, the
   model's test-time views, an overlay per image, torch's default threads) against the
-  batched path (DataLoader worker, batches, no TTA, no overlays) in PyTorch and in
+  batched path (a reader thread, batches, no TTA, no overlays) in PyTorch and in
   onnxruntime; the labels of the batched paths are compared with the per-image path
   without TTA on the same images (they must be identical);
 * **folder detection** of 640x480 smears (BCCD test) with WBC typing, old vs new;
@@ -55,7 +55,7 @@ def pbc_files(n: int) -> list[Path]:
     if not is_available("pbc"):
         raise BloodlibError("The benchmark needs the PBC dataset: bloodlib fetch pbc, or set "
                             "BLOODLIB_DATA.")
-    files = sorted(dataset_path("pbc").rglob("*.jpg"))
+    files = sorted(p for p in dataset_path("pbc").rglob("*.jpg") if not p.name.startswith("."))
     step = max(1, len(files) // n)
     return files[::step][:n]
 
@@ -96,11 +96,11 @@ def classification_part(clf: Any, onnx_clf: Any, knobs: dict, work: Path, cpus: 
                         overlays=True)
     ref = _timed_folder(few, clf, work / "c_ref", cpus, batch_size=1, workers=0,
                         overlays=False, tta="none")
-    new_few = _timed_folder(few, clf, work / "c_new_few", cpus - 1 or 1, batch_size=64,
+    new_few = _timed_folder(few, clf, work / "c_new_few", cpus, batch_size=64,
                             workers=1, overlays=False, tta="none")
-    new = _timed_folder(files, clf, work / "c_new", cpus - 1 or 1, batch_size=64, workers=1,
+    new = _timed_folder(files, clf, work / "c_new", cpus, batch_size=64, workers=1,
                         overlays=False, tta="none")
-    ort = _timed_folder(files, onnx_clf, work / "c_ort", cpus - 1 or 1, batch_size=64,
+    ort = _timed_folder(files, onnx_clf, work / "c_ort", cpus, batch_size=64,
                         workers=1, overlays=False, tta="none")
     same = _labels(ref) == _labels(new_few)
     same_ort = _labels(new) == _labels(ort)
@@ -121,9 +121,9 @@ def detection_part(det: Any, clf: Any, onnx_det: Any, onnx_clf: Any, knobs: dict
     files = bccd_files(int(knobs["detect_images"]))
     old = _timed_folder(files[:int(knobs["old_detect_images"])], det, work / "d_old", cpus,
                         classifier=clf, batch_size=1, workers=0, overlays=True)
-    new = _timed_folder(files, det, work / "d_new", cpus - 1 or 1, classifier=clf,
+    new = _timed_folder(files, det, work / "d_new", cpus, classifier=clf,
                         batch_size=4, workers=1, overlays=False, tta="none")
-    ort = _timed_folder(files, onnx_det, work / "d_ort", cpus - 1 or 1, classifier=onnx_clf,
+    ort = _timed_folder(files, onnx_det, work / "d_ort", cpus, classifier=onnx_clf,
                         batch_size=4, workers=1, overlays=False, tta="none")
     return {"detect_old_images_per_s": old["images_per_s"],
             "detect_new_images_per_s": new["images_per_s"],
@@ -204,7 +204,7 @@ def contention_part(clf: Any, knobs: dict, work: Path, cpus: int) -> dict[str, f
     job.start()
     try:
         time.sleep(2.0)
-        chosen = default_threads(workers=1)
+        chosen = default_threads()
         auto = _timed_folder(files, clf, work / "k_auto", chosen, batch_size=64, workers=1,
                              overlays=False, tta="none")
         over = _timed_folder(files, clf, work / "k_all", cpus, batch_size=64, workers=1,
@@ -251,7 +251,7 @@ def run_scale_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "outpu
     result = make_result(EXPERIMENT, "course", "pbc+bccd_test", "-", metrics, info, 0, profile,
                          time.perf_counter() - t0, model=f"{cname} + {dname}",
                          notes="old = one image at a time, model TTA, overlays, all cores; "
-                               "new = batched, 1 loader worker, no TTA, no overlays",
+                               "new = batched, 1 reader thread, no TTA, no overlays, all cores",
                          device=f"cpu ({cpus} cores)")
     path = write_result(result, Path(out_dir) / "results")
     if reference_dir is not None:
