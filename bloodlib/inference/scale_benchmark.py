@@ -122,9 +122,9 @@ def detection_part(det: Any, clf: Any, onnx_det: Any, onnx_clf: Any, knobs: dict
     old = _timed_folder(files[:int(knobs["old_detect_images"])], det, work / "d_old", cpus,
                         classifier=clf, batch_size=1, workers=0, overlays=True)
     new = _timed_folder(files, det, work / "d_new", cpus, classifier=clf,
-                        batch_size=4, workers=1, overlays=False, tta="none")
+                        batch_size=1, workers=1, overlays=False, tta="none")
     ort = _timed_folder(files, onnx_det, work / "d_ort", cpus, classifier=onnx_clf,
-                        batch_size=4, workers=1, overlays=False, tta="none")
+                        batch_size=1, workers=1, overlays=False, tta="none")
     return {"detect_old_images_per_s": old["images_per_s"],
             "detect_new_images_per_s": new["images_per_s"],
             "detect_new_onnxruntime_images_per_s": ort["images_per_s"],

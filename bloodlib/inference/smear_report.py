@@ -101,7 +101,7 @@ def _thumbnails(pred_dir: Path, out_dir: Path) -> dict[str, str]:
 def write_smear_report(inputs: Sequence[str | Path], out_dir: str | Path, detector: Any,
                        classifier: Any = None, *, low_confidence: float = LOW_CONFIDENCE,
                        score_threshold: float = 0.5,
-                       thumbnails: int = 500, batch_size: int = 4, workers: int = 0,
+                       thumbnails: int = 500, batch_size: Optional[int] = None, workers: int = 1,
                        resume: bool = False, progress: bool = True,
                        model_names: Sequence[str] = ()) -> Path:
     """Predict ``inputs`` (smear files / folders) and write ``report.html`` and
