@@ -257,7 +257,10 @@ def run_scale_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "outpu
     if reference_dir is not None:
         dst = Path(reference_dir) / path.name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_text(json.dumps(json.loads(path.read_text()), indent=2, sort_keys=True) + "\n")
+        from ..notebooks import _invocation
+        data = json.loads(path.read_text())
+        data["run"] = {"command": _invocation(), "runner": "bloodlib bench predict"}
+        dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     for k, v in metrics.items():
         print(f"{k:45s} {v:10.3f}")
     return path
