@@ -230,3 +230,20 @@ def test_yolo_export_points_to_ultralytics():
         task, architecture = "detect", "yolo"
     with pytest.raises(BloodlibError, match="ultralytics"):
         _example(Yolo())
+
+
+@pytest.mark.realdata
+def test_scale_benchmark_runs_and_writes_its_results(data_root, store, tmp_path, capsys):
+    """``bloodlib bench predict`` in the quick profile with tiny models: every part runs
+    and the results JSON holds the figures (the numbers themselves are for bench_cpu)."""
+    import json
+    store_tiny_classifier(store)
+    store_tiny_detector(store)
+    assert main(["bench", "predict", "--profile", "quick", "--classifier", "tiny-cls",
+                 "--detector", "tiny-det", "--out", str(tmp_path / "out"),
+                 "--reference-dir", str(tmp_path / "ref")]) == 0
+    result = json.loads(next((tmp_path / "ref").glob("predict_scale__*.json")).read_text())
+    m = result["metrics"]
+    assert m["classify_identical_labels"] == 1.0 and m["classify_new_images_per_s"] > 0
+    assert m["peak_rss_mb_10n"] > 0 and m["latency_onnxruntime_mean_ms"] > 0
+    assert result["run"]["runner"] == "bloodlib bench predict"
