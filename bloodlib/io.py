@@ -14,6 +14,7 @@ Documented conversions (never silent failures):
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Union
 
@@ -123,3 +124,12 @@ def save_image(path: PathLike, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(image)).save(path)
     return path
+
+
+def sha256_file(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

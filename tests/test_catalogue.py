@@ -160,8 +160,8 @@ def test_verify_caches_success_and_notices_changes(tiny, tmp_path, monkeypatch):
     data = tmp_path / "data"
     _write_tree(data / "tiny", TINY_FILES)
     hashed: list[Path] = []
-    real_sha256 = cat._sha256
-    monkeypatch.setattr(cat, "_sha256", lambda p: hashed.append(p) or real_sha256(p))
+    real_sha256 = cat.sha256_file
+    monkeypatch.setattr(cat, "sha256_file", lambda p: hashed.append(p) or real_sha256(p))
     assert cat.verify("tiny", root=data).ok and len(hashed) == 3
     assert (data / "tiny" / cat.STAMP_NAME).is_file()
     assert cat.verify("tiny", root=data).cached and len(hashed) == 3  # not re-hashed

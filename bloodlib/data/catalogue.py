@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlparse
 
+from ..io import sha256_file
 from ..errors import (BloodlibError, DatasetIntegrityError, DatasetNotFoundError,
                       UnknownDatasetError)
 
@@ -397,17 +398,10 @@ def _data_files(root: Path) -> dict[str, Path]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def build_manifest(root: PathLike) -> dict[str, str]:
     """SHA-256 hex digest of every data file under ``root``, keyed by relative POSIX path."""
-    return {rel: _sha256(p) for rel, p in _data_files(Path(root)).items()}
+    return {rel: sha256_file(p) for rel, p in _data_files(Path(root)).items()}
 
 
 def write_manifest(name: str, root: PathLike, out_dir: PathLike = MANIFEST_DIR) -> Path:
@@ -537,7 +531,7 @@ def verify(name: str, root: Optional[PathLike] = None, quick: bool = False,
     for rel in to_check:
         if rel in sizes and present[rel].stat().st_size != sizes[rel]:
             report.mismatched.append(rel)
-        elif not quick and _sha256(present[rel]) != expected[rel]:
+        elif not quick and sha256_file(present[rel]) != expected[rel]:
             report.mismatched.append(rel)
     if report.ok and not quick:
         _write_stamp(folder, stamp)
@@ -696,7 +690,7 @@ def fetch(name: str, root: Optional[PathLike] = None, force: bool = False,
         for i, src in enumerate(info.sources):
             archive = _download(src.url, base / ".downloads" / f"{name}-{i}.archive", progress)
             try:
-                if src.sha256 and _sha256(archive) != src.sha256.lower():
+                if src.sha256 and sha256_file(archive) != src.sha256.lower():
                     raise DatasetIntegrityError(
                         f"Download of {src.url} is corrupt (SHA-256 differs); try again.")
                 _extract(archive, staging, src.members, src.max_bytes)
@@ -718,7 +712,7 @@ def fetch(name: str, root: Optional[PathLike] = None, force: bool = False,
 
 # ----------------------------------------------------------------------------- overview
 
-def describe(root: Optional[PathLike] = None) -> "pandas.DataFrame":  # noqa: F821
+def describe(root: Optional[PathLike] = None) -> Any:
     """The catalogue as a table: name, title, tasks, classes, licence, downloadable,
     available (layout present under ``root`` or :func:`data_dir`)."""
     import pandas as pd

@@ -19,7 +19,6 @@ YOLO models export with ultralytics' own ``model.export(format="onnx")``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -27,6 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from ..io import sha256_file
 from ..errors import BloodlibError
 
 OPSET = 17
@@ -35,13 +35,6 @@ META_KEY = "bloodlib_meta"
 #: (probabilities, and box coordinates in pixels) in the parity tests
 TOLERANCE = {"probability": 1e-4, "box_pixels": 0.5}
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _DetectorGraph(torch.nn.Module):
@@ -106,7 +99,7 @@ def export_onnx(name_or_path: str | Path, out: Optional[str | Path] = None,
     proto = onnx.load(str(target))
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(
-        {**predictor.meta, "source_sha256": _sha256(path), "source": path.name}, default=str)
+        {**predictor.meta, "source_sha256": sha256_file(path), "source": path.name}, default=str)
     onnx.save(proto, str(target))
     return target
 
@@ -127,7 +120,7 @@ def ensure_onnx(path: Path) -> Path:
     target = path.with_suffix(".onnx")
     if target.is_file():
         try:
-            if onnx_meta(target).get("source_sha256") == _sha256(path):
+            if onnx_meta(target).get("source_sha256") == sha256_file(path):
                 return target
         except Exception:  # unreadable or foreign: export again
             pass

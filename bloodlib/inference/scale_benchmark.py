@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import resource
 import subprocess
 import sys
 import tempfile

