@@ -82,11 +82,13 @@ class PredictReport:
     wall_seconds: float = 0.0
     overlays: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    processed_in_all: int = 0  # this run's images and those an earlier run left done
     _totals: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return bool(self.processed) or self.resumed > 0 and bool(self._totals)
+        """Whether at least one image was processed (by this run or a resumed one)."""
+        return bool(self.processed) or self.processed_in_all > 0
 
     @property
     def images_per_second(self) -> float:
@@ -277,6 +279,7 @@ def _threads() -> int:
 def _write_summary(report: PredictReport, tables: PredictionTables) -> None:
     counts = tables.read("counts")
     report._totals = totals(counts)
+    report.processed_in_all = int(len(counts))
     report.files = {k: str(p) for k, p in tables.paths.items()}
     if report.overlays or (report.out_dir / "overlays").is_dir():
         report.files["overlays"] = str(report.out_dir / "overlays")
@@ -305,6 +308,7 @@ def _barrier() -> None:
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     dist.barrier()
+    dist.destroy_process_group()
 
 
 def _load_models(task: str, model: Optional[str], classifier: Optional[str], device: str,

@@ -247,3 +247,20 @@ def test_scale_benchmark_runs_and_writes_its_results(data_root, store, tmp_path,
     assert m["classify_identical_labels"] == 1.0 and m["classify_new_images_per_s"] > 0
     assert m["peak_rss_mb_10n"] > 0 and m["latency_onnxruntime_mean_ms"] > 0
     assert result["run"]["runner"] == "bloodlib bench predict"
+
+
+def test_resuming_a_finished_run_predicts_nothing_and_succeeds(store, many, tmp_path, capsys):
+    store_tiny_classifier(store)
+    args = ["predict", str(many), "--task", "classify", "--model", "tiny-cls", "--out",
+            str(tmp_path / "out"), "--quiet", "--workers", "0"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "0 image(s) processed, 0 skipped (26 done by an earlier run)" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "out" / "classifications.csv")) == 24
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"nope")
+    bad_args = ["predict", str(bad), "--task", "classify", "--model", "tiny-cls", "--out",
+                str(tmp_path / "o2"), "--quiet"]
+    assert main(bad_args) == 1 and main(bad_args + ["--resume"]) == 1
