@@ -33,7 +33,8 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .rng import ResumableBatches, rng_state, set_rng_state
 from .checkpoint import resolve_resume
-from .trainer import _amp_dtype, _autocast, _bar, _eval_mode
+from .device import device_plan
+from .trainer import _autocast, _bar, _eval_mode
 
 __all__ = ["Stage", "PAPER1_STAGES", "LOSS_KEYS", "LOSS_LABELS", "DetectionTraining",
            "train_detector", "scale_stages", "predict_coco", "evaluate_detector",
@@ -215,8 +216,8 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
     stages = list(stages)
     total = sum(s.iterations for s in stages)
     device = torch.device(device)
-    amp_dtype = _amp_dtype(amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    plan = device_plan(device, amp, channels_last=False)
+    amp_dtype, scaler = plan.amp_dtype, plan.grad_scaler()
     model.to(device)
     params = [p for p in model.parameters()]
     optimizer = torch.optim.SGD(params, lr=stages[0].lr, momentum=momentum,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .checkpoint import _unwrap, load_checkpoint, resolve_resume, save_checkpoint
+from .device import amp_dtype as resolve_amp_dtype, device_plan
 from .rng import rng_state, set_rng_state
 
 __all__ = ["History", "fit", "train_one_epoch", "mean_loss", "evaluate_segmentation",
@@ -73,17 +74,8 @@ class History:
 
 # ----------------------------------------------------------------------------- helpers
 def _amp_dtype(amp: Any, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: on CUDA "auto"/True -> bf16 if supported else fp16; on the CPU only
-    when asked for explicitly with ``amp="bf16"`` (fast on CPUs with AVX512-BF16/AMX)."""
-    if device.type == "cpu" and amp == "bf16":
-        return torch.bfloat16
-    if device.type != "cuda" or amp in (False, None, "off"):
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    """See :func:`bloodlib.engine.device.amp_dtype`."""
+    return resolve_amp_dtype(amp, device)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -296,9 +288,8 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     device = _resolve_device(device)
-    amp_dtype = _amp_dtype(amp, device)
-    use_cl = channels_last is True or (channels_last == "auto" and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    plan = device_plan(device, amp, channels_last)
+    amp_dtype, use_cl, scaler = plan.amp_dtype, plan.channels_last, plan.grad_scaler()
     model.to(device)
     if use_cl:
         model.to(memory_format=torch.channels_last)
