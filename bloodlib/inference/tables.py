@@ -146,8 +146,10 @@ def _shard_parts(out_dir: Path) -> list[Path]:
     missing = sorted(set(range(n)) - have)
     unfinished = [p.name for p in parts if not (p / "summary.json").is_file()]
     if missing or unfinished:
-        raise BloodlibError(f"--merge: shards {missing or ''} missing and {unfinished or ''} "
-                            "unfinished; run (or --resume) those first.")
+        problems = ([f"shards {missing} missing"] if missing else []) + (
+            [f"{unfinished} unfinished"] if unfinished else [])
+        raise BloodlibError(f"--merge: {' and '.join(problems)} (of {n}); run (or --resume) "
+                            "those first.")
     return sorted(parts, key=lambda p: int(p.name.split("-of-")[0]))
 
 
