@@ -44,3 +44,12 @@ def test_flags_mark_what_to_look_at_again():
     t = smear_table(cells, counts, 0.6).set_index("smear")
     assert t.loc["a", "flags"] == "1 WBC type(s) uncertain" and t.loc["a", "% neutrophil"] == 100
     assert t.loc["b", "flags"] == "no WBC found" and t.loc["b", "cells"] == 0
+
+
+def test_wbcs_typed_as_non_white_cells_are_flagged_and_left_out_of_the_differential():
+    cells = pd.DataFrame([
+        {"image": "a", "class": "WBC", "score": 0.9, "wbc_type": "neutrophil", "wbc_type_score": 0.9},
+        {"image": "a", "class": "WBC", "score": 0.9, "wbc_type": "platelet", "wbc_type_score": 0.9}])
+    t = smear_table(cells, pd.DataFrame({"image": ["a"]})).iloc[0]
+    assert t["% neutrophil"] == 100 and "% platelet" not in t.index
+    assert t["typed_not_wbc"] == 1 and "1 WBC(s) typed as a non-white cell" in t["flags"]

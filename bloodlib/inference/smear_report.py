@@ -13,8 +13,9 @@ batched ``predict`` path (``report/predictions/`` holds its CSVs), then writes:
   platelet counts, the WBC differential in percent, and flags;
 * ``report/report.csv`` - the same numbers, one row per smear.
 
-Flags: no WBC found, WBC types or detections below ``low_confidence``, and smears that
-could not be read (they are listed, the others are reported).
+Flags: no WBC found, WBC types or detections below ``low_confidence``, detected WBCs the
+classifier calls a non-white cell (:data:`NOT_WBC_TYPES`, left out of the differential),
+and smears that could not be read (they are listed, the others are reported).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import numpy as np
 import pandas as pd
 
 LOW_CONFIDENCE = 0.6
+#: classifier classes that are not white cells (PBC's 8 classes include two): a detected
+#: WBC typed as one of them is flagged and left out of the differential
+NOT_WBC_TYPES = ("platelet", "platelets", "erythroblast", "rbc", "red_blood_cell")
 THUMB_WIDTH = 360
 _GROUPS = {"rbc": "RBC", "red_blood_cell": "RBC", "wbc": "WBC", "white_blood_cell": "WBC",
            "platelets": "Platelets", "platelet": "Platelets", "plt": "Platelets"}
@@ -40,7 +44,8 @@ def smear_table(cells: pd.DataFrame, counts: pd.DataFrame,
                 low_confidence: float = LOW_CONFIDENCE) -> pd.DataFrame:
     """One row per smear: cell counts per group, WBC differential (percent of typed
     WBCs per type), low-confidence numbers and flags."""
-    types = sorted({t for t in cells.get("wbc_type", pd.Series(dtype=object)).dropna()})
+    found = cells.get("wbc_type", pd.Series(dtype=object)).dropna()
+    types = sorted({t for t in found if not _not_wbc(t)})
     rows = []
     by_image = dict(tuple(cells.groupby("image"))) if not cells.empty else {}
     for image in counts["image"]:
@@ -50,6 +55,9 @@ def smear_table(cells: pd.DataFrame, counts: pd.DataFrame,
         for g in ("RBC", "WBC", "Platelets"):
             row[g] = int((groups == g).sum())
         typed = c["wbc_type"].dropna() if "wbc_type" in c else pd.Series(dtype=object)
+        odd = typed[typed.map(_not_wbc)]
+        typed = typed[~typed.map(_not_wbc)]
+        row["typed_not_wbc"] = int(len(odd))
         for t in types:
             row[f"% {t}"] = 100.0 * float((typed == t).sum()) / len(typed) if len(typed) else np.nan
         low_det = int((c["score"] < low_confidence).sum()) if not c.empty else 0
@@ -61,10 +69,16 @@ def smear_table(cells: pd.DataFrame, counts: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
+def _not_wbc(name: Any) -> bool:
+    return str(name).strip().lower().replace(" ", "_") in NOT_WBC_TYPES
+
+
 def _flags(row: dict[str, Any], low_det: int, low_type: int) -> list[str]:
     flags = []
     if row["WBC"] == 0:
         flags.append("no WBC found")
+    if row["typed_not_wbc"]:
+        flags.append(f"{row['typed_not_wbc']} WBC(s) typed as a non-white cell")
     if low_type:
         flags.append(f"{low_type} WBC type(s) uncertain")
     if low_det and low_det >= max(3, 0.2 * row["cells"]):
