@@ -138,4 +138,7 @@ def test_latency_command_uses_the_named_store_models(tmp_path, monkeypatch):
     (res,) = load_results(path)
     assert res["config"]["detector_model"] == "tiny-det"
     assert res["config"]["classifier_model"] == "tiny-cls"
+    # PyTorch and onnxruntime side by side (test-time views off in both)
+    assert res["metrics"]["onnxruntime_latency_mean_ms"] > 0
+    assert res["metrics"]["torch_no_tta_latency_mean_ms"] > 0
     assert (tmp_path / "ref" / path.name).is_file()

@@ -7,8 +7,9 @@ bounds the uncontended latency: wall >= cpu / threads.
 :func:`latency_benchmark` times, per image, the detector and the classification of every
 detected WBC (the issue's target: under 1 s per image on 2 CPU cores), then the whole
 ``bloodlib predict`` path (read, predict, classify, overlay, CSV) on a folder of images.
-``bloodlib bench latency`` runs it with the newest models in the store and publishes the
-results JSON to ``results/reference/``.
+``bloodlib bench latency`` runs it with the newest models in the store, adds the same
+latency with the classifier's test-time views off in PyTorch and in onnxruntime (side by
+side), and publishes the results JSON to ``results/reference/``.
 
 When no detector exists yet, any other predictor can stand in (its ``task`` is recorded
 in the result, ``main_task``), so the numbers always say what was measured.
@@ -162,6 +163,42 @@ def latency_benchmark(detector: Any, classifier: Any = None,
     return LatencyReport(metrics, per, info)
 
 
+def onnxruntime_latency(detector: Any, classifier: Any, images: Sequence[Any],
+                        score_threshold: float = 0.5, nms_threshold: float = 0.5,
+                        warmup: int = 1) -> dict[str, float]:
+    """Mean and p95 ms per image of ``detector`` (+ ``classifier`` on each WBC) as given
+    (e.g. onnxruntime predictors), with the classifier's test-time views off, beside the
+    same for :func:`latency_benchmark`'s PyTorch numbers."""
+    from .pipeline import predict_images
+    items = [im if isinstance(im, np.ndarray) else im[1] for im in images]
+    kw = ({"score_threshold": score_threshold, "nms_threshold": nms_threshold}
+          if detector.task == "detect" else {})
+    cls = classifier if detector.task == "detect" else None
+    for im in items[:max(0, warmup)]:
+        predict_images(detector, [im], ["warm-up"], classifier=cls, tta="none", **kw)
+    times = []
+    for im in items:
+        t0 = time.perf_counter()
+        predict_images(detector, [im], ["image"], classifier=cls, tta="none", **kw)
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"onnxruntime_latency_mean_ms": float(np.mean(times)),
+            "onnxruntime_latency_p95_ms": float(np.percentile(times, 95))}
+
+
+def _onnx_twins(main_name: Optional[str], classifier_name: Optional[str]) -> tuple[Any, Any]:
+    """onnxruntime predictors of the named store models, or (None, None) with a message
+    when one cannot be exported (e.g. YOLO)."""
+    from ..errors import BloodlibError
+    from .store import load_predictor
+    try:
+        det = load_predictor(main_name, runtime="onnxruntime") if main_name else None
+        cls = load_predictor(classifier_name, runtime="onnxruntime") if classifier_name else None
+        return det, cls
+    except BloodlibError as exc:
+        print(f"no onnxruntime comparison: {exc}")
+        return None, None
+
+
 def _store_predictor(task: str, budget: float, name: Optional[str] = None) -> Any:
     """The stored model ``name`` of ``task``, else the newest one (a quick one is trained
     when none exists); None when the task cannot be served in this version."""
@@ -202,6 +239,17 @@ def run_latency_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "out
     report = latency_benchmark(main, classifier, images, folder_images=int(knobs["throughput_images"]),
                                score_threshold=knobs["score_threshold"],
                                nms_threshold=knobs["nms_threshold"], warmup=int(knobs["warmup"]))
+    main_name = (detector_name or default_model("detect")) if detector else default_model("segment")
+    cls_name = (classifier_name or default_model("classify")) if classifier else None
+    onnx_main, onnx_cls = _onnx_twins(main_name, cls_name)
+    if onnx_main is not None:
+        report.metrics.update(onnxruntime_latency(
+            onnx_main, onnx_cls, images, knobs["score_threshold"], knobs["nms_threshold"],
+            int(knobs["warmup"])))
+        torch_no_tta = onnxruntime_latency(main, classifier, images, knobs["score_threshold"],
+                                           knobs["nms_threshold"], int(knobs["warmup"]))
+        report.metrics.update({k.replace("onnxruntime", "torch_no_tta"): v
+                               for k, v in torch_no_tta.items()})
     report.info.update(dataset=dataset, wall_time_s=time.perf_counter() - t0,
                        model=getattr(main, "meta", {}).get("architecture", main.task),
                        detector_model=detector_name or (default_model("detect") if detector
