@@ -231,8 +231,8 @@ def predict_files(files: Iterable[Path], predictor: Any, out_dir: Path, *, model
                   max_pixels: int = MAX_PIXELS, tta: Optional[str] = None,
                   batch_size: Optional[int] = None, workers: int = 0, resume: bool = False
                   ) -> PredictReport:
-    """Run ``predictor`` on every file in batches of ``batch_size`` (read by ``workers``
-    processes) and append the CSV rows to ``out_dir`` as each batch finishes; then write
+    """Run ``predictor`` on every file in batches of ``batch_size`` (read ahead by
+    ``workers`` threads) and append the CSV rows to ``out_dir`` as each batch finishes; then write
     ``summary.json``. ``overlays``: True/None all, False/0 none, N the first N images.
     ``tta`` overrides a classifier's test-time views ("none" is fastest);
     ``batch_size`` defaults to :data:`BATCH_SIZES` of the task. With
