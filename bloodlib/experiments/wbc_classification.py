@@ -124,8 +124,12 @@ register(EXPERIMENT, {
               "pbc8_model": "efficientnet_lite0", "pretrained": ["efficientnet_lite0"],
               "store_model": False, "torch_threads": 1, "batch_size": 32, "tta": "flip",
               "warmup_fraction": 0.1, "external": ["cellavision"],
-              "epochs": {"wbc5": 8, "paper1_80_20": 8, "paper2_300_100_100": 8},
-              "time_budget_s": {"wbc5": 10, "paper1_80_20": 14, "paper2_300_100_100": 10}},
+              # a fixed number of epochs, no time budget: the quick floors of the notebook
+              # test need the same training on every machine (with a 10 s budget, paper
+              # 2's split reached 0.57 in one run and 0.28 in another)
+              "epochs": {"wbc5": 6, "paper1_80_20": 5, "paper2_300_100_100": 5},
+              "time_budget_s": {"wbc5": None, "paper1_80_20": None,
+                                "paper2_300_100_100": None}},
     # PBC 8-class 80/20 (the benchmark): 28 min of training on 2 cores; the notebook ~45 min.
     # Epoch caps above what the budgets allow, so the time budget ends each training.
     # 80 px of the centre 75 % at lr 0.1 reached 98.54 % test accuracy (20 min) where 64 px of
