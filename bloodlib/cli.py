@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .config import PROFILE_NAMES
 from .errors import BloodlibError
@@ -34,30 +34,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return status | (0 if runs and all(r.ok for r in runs) else 1)
 
 
-def _cmd_latency(args: argparse.Namespace) -> int:
-    from .inference.benchmark import run_latency_benchmark
+def _run_store_benchmark(args: argparse.Namespace, runner: Any, label: str) -> int:
+    """A benchmark of store models (``latency``, ``predict``): run, publish, rebuild the board."""
     from .notebooks import PROJECT_ROOT, REFERENCE_DIR, write_reference_board
 
     out = Path(args.out) if args.out else PROJECT_ROOT / "outputs" / args.profile
     reference = Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR
-    path = run_latency_benchmark(args.profile, out, reference, detector_name=args.detector,
-                                 classifier_name=args.classifier)
-    print(f"latency result: {path} (published to {reference})")
+    path = runner(args.profile, out, reference, detector_name=args.detector,
+                  classifier_name=args.classifier)
+    print(f"{label} result: {path} (published to {reference})")
     write_reference_board(reference)
     return 0
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from .inference.benchmark import run_latency_benchmark
+    return _run_store_benchmark(args, run_latency_benchmark, "latency")
 
 
 def _cmd_predict_scale(args: argparse.Namespace) -> int:
     from .inference.scale_benchmark import run_scale_benchmark
-    from .notebooks import PROJECT_ROOT, REFERENCE_DIR, write_reference_board
-
-    out = Path(args.out) if args.out else PROJECT_ROOT / "outputs" / args.profile
-    reference = Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR
-    path = run_scale_benchmark(args.profile, out, reference, classifier_name=args.classifier,
-                               detector_name=args.detector)
-    print(f"prediction-at-scale result: {path} (published to {reference})")
-    write_reference_board(reference)
-    return 0
+    return _run_store_benchmark(args, run_scale_benchmark, "prediction-at-scale")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

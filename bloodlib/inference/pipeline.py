@@ -114,17 +114,7 @@ def classify_cells(classifier: Any, image: np.ndarray, detection: Any,
                    select: Callable[[str], bool] = is_wbc) -> list[Optional[Any]]:
     """Classify the crop of every detected cell whose class passes ``select`` (WBCs);
     returns one classification result (or None) per box."""
-    labels = [str(lab) for lab in detection.labels]
-    keep = [i for i, lab in enumerate(labels) if select(lab)]
-    out: list[Optional[Any]] = [None] * len(labels)
-    if not keep:
-        return out
-    crops = _crops(image, np.asarray(detection.boxes, float).reshape(-1, 4), keep)
-    batch = getattr(classifier, "predict_batch", None)
-    results = batch(crops) if batch is not None else [classifier.predict(c) for c in crops]
-    for i, res in zip(keep, results):
-        out[i] = res
-    return out
+    return _classify_all(classifier, [image], [detection], None, select)[0]
 
 
 def predict_image(predictor: Any, image: np.ndarray, name: str = "image", *,
@@ -133,19 +123,9 @@ def predict_image(predictor: Any, image: np.ndarray, name: str = "image", *,
                   classifier: Any = None) -> ImagePrediction:
     """Run ``predictor`` on ``image`` (after ``preprocess``, e.g. CLAHE); for a detector
     with a ``classifier``, classify each detected WBC too. Timed in ``seconds``."""
-    image = check_image(image)
-    t0 = time.perf_counter()
-    if preprocess is not None:
-        image = preprocess(image)
-    task = predictor.task
-    if task == "detect":
-        result = predictor.predict(image, score_threshold=score_threshold,
-                                   nms_threshold=nms_threshold)
-        types = classify_cells(classifier, image, result) if classifier is not None else []
-    else:
-        result, types = predictor.predict(image), []
-    return ImagePrediction(name, task, image, result, list(predictor.classes), types,
-                           time.perf_counter() - t0)
+    return predict_images(predictor, [image], [name], score_threshold=score_threshold,
+                          nms_threshold=nms_threshold, preprocess=preprocess,
+                          classifier=classifier)[0]
 
 
 def _takes(predictor: Any, argument: str) -> bool:
@@ -164,12 +144,14 @@ def _batch_call(predictor: Any, images: list[np.ndarray], **kw: Any) -> list[Any
 
 
 def _classify_all(classifier: Any, images: Sequence[np.ndarray], results: Sequence[Any],
-                  tta: Optional[str]) -> list[list[Optional[Any]]]:
-    """:func:`classify_cells` for a batch of detections, with one classifier batch."""
+                  tta: Optional[str], select: Callable[[str], bool] = is_wbc
+                  ) -> list[list[Optional[Any]]]:
+    """Per image, one classification result (or None) per box of its detection: the
+    crops of the boxes whose class passes ``select`` go through one classifier batch."""
     per_image, crops = [], []
     for image, det in zip(images, results):
         labels = [str(lab) for lab in det.labels]
-        keep = [i for i, lab in enumerate(labels) if is_wbc(lab)]
+        keep = [i for i, lab in enumerate(labels) if select(lab)]
         per_image.append((len(labels), keep))
         crops += _crops(image, np.asarray(det.boxes, float).reshape(-1, 4), keep)
     kw = {"tta": tta} if tta and _takes(classifier, "tta") else {}
