@@ -119,6 +119,7 @@ def test_evaluate_and_predict_segmentation():
 
 
 def _count_saves(monkeypatch) -> list[str]:
+    import bloodlib.engine.loop as loop
     import bloodlib.engine.trainer as trainer
     names: list[str] = []
     real = trainer.save_checkpoint
@@ -127,6 +128,7 @@ def _count_saves(monkeypatch) -> list[str]:
         names.append(Path(path).name)
         return real(path, *a, **kw)
     monkeypatch.setattr(trainer, "save_checkpoint", counting)
+    monkeypatch.setattr(loop, "save_checkpoint", counting)
     return names
 
 
@@ -139,13 +141,13 @@ def test_checkpoints_written_at_most_every_interval(tmp_path: Path, monkeypatch)
     model, loader, val, opt = _setup()
     bests: dict[int, dict] = {}
     import bloodlib.engine.trainer as trainer
-    real_done = trainer._CheckpointWriter.epoch_done
+    real_end = trainer.EpochValidation.after_epoch
 
-    def spy(self, m, history, improved):
-        if improved:
-            bests[history.last_epoch] = {k: v.clone() for k, v in m.state_dict().items()}
-        real_done(self, m, history, improved)
-    monkeypatch.setattr(trainer._CheckpointWriter, "epoch_done", spy)
+    def spy(self, loop):
+        real_end(self, loop)
+        if self.history.best_epoch == loop.state.epoch:
+            bests[loop.state.epoch] = {k: v.clone() for k, v in loop.module.state_dict().items()}
+    monkeypatch.setattr(trainer.EpochValidation, "after_epoch", spy)
     hist = fit(model, loader, val, nn.CrossEntropyLoss(), opt, epochs=5, monitor="val_loss",
                mode="min", checkpoint_path=ckpt, checkpoint_every_s=3600, **FAST)
     assert saves.count("best_last.pt") == 2 and 1 <= saves.count("best.pt") <= 2

@@ -196,3 +196,18 @@ def test_transforms_flip_boxes_and_preprocess():
     assert detection_transforms(False) is None
     with pytest.raises(ValueError, match="uint8"):
         Preprocess(lambda a: a.astype(np.float32))(img)
+
+
+def test_stage_lr_with_warmup_and_decay_matches_the_closed_form():
+    """torch's LinearLR + MultiStepLR chained, rescaled at each stage, give the schedule
+    of paper 1: stage lr x gamma^(milestones passed) x linear warm-up."""
+    stages = [Stage("a", 3, 0.1), Stage("b", 4, 0.01)]
+    r = train_detector(ToyDetector(), _loader(), stages=stages, warmup_iters=4,
+                       warmup_factor=0.1, lr_steps=(5,), lr_gamma=0.5, progress=False)
+
+    def expected(s: int) -> float:
+        stage = stages[0] if s < 3 else stages[1]
+        warm = 0.1 * (1 - s / 4) + s / 4 if s < 4 else 1.0
+        return stage.lr * 0.5 ** (s >= 5) * warm
+    assert r.log["lr"].tolist() == pytest.approx([expected(s) for s in range(7)], rel=1e-9)
+    assert r.log["stage"].tolist() == ["a"] * 3 + ["b"] * 4

@@ -46,9 +46,11 @@ def jsonable(value: Any) -> Any:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DataParallel / torch.compile wrappers."""
+    """The module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
     model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model) if isinstance(model, nn.DataParallel) else model
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    return model
 
 
 def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor],

@@ -20,8 +20,6 @@ The importable, tested equivalent of torchvision's ``references/detection`` engi
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -30,15 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .rng import ResumableBatches, rng_state, set_rng_state
+from . import distributed as ddp
 from .checkpoint import resolve_resume
 from .device import device_plan
-from .trainer import _autocast, _bar, _eval_mode
+from .loop import (CheckpointHook, Hook, LossDictStep, PeriodicEval, TrainLoop,
+                   images_to_device, progress_bar as _bar, targets_to_device, warmup_scheduler)
+from .trainer import _eval_mode
 
 __all__ = ["Stage", "PAPER1_STAGES", "LOSS_KEYS", "LOSS_LABELS", "DetectionTraining",
            "train_detector", "scale_stages", "predict_coco", "evaluate_detector",
            "detection_val_loss", "detection_transforms", "Preprocess", "targets_to_device",
+           "StageSchedule",
            "loss_summary"]
 
 #: torchvision's loss names plus MCNet's, in the order they are logged.
@@ -131,50 +131,63 @@ def detection_transforms(train: bool = True, hflip: float = 0.5, vflip: float = 
     return v2.Compose(steps) if steps else None
 
 
-def targets_to_device(targets: Sequence[Mapping[str, Any]], device: torch.device
-                      ) -> list[dict[str, torch.Tensor]]:
-    """Plain tensors (boxes, labels, masks) on ``device``, as torchvision's models want."""
-    out = []
-    for t in targets:
-        d = {}
-        for k in ("boxes", "labels", "masks"):
-            if k in t:
-                d[k] = torch.as_tensor(t[k]).as_subclass(torch.Tensor).to(device)
-        d["boxes"] = d["boxes"].float().reshape(-1, 4)
-        out.append(d)
-    return out
-
-
-def _images_to_device(images: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    return [torch.as_tensor(i).as_subclass(torch.Tensor).to(device, non_blocking=True)
-            for i in images]
-
-
 # ----------------------------------------------------------------------------- training
-def _stage_at(stages: Sequence[Stage], step: int) -> tuple[int, Stage, int]:
-    """(index, stage, first step of the stage) of global ``step`` (0-based)."""
+def _stage_at(stages: Sequence[Stage], step: int) -> int:
+    """Index of the stage that global ``step`` (0-based) falls in."""
     start = 0
     for i, s in enumerate(stages):
         if step < start + s.iterations:
-            return i, s, start
+            return i
         start += s.iterations
-    return len(stages) - 1, stages[-1], start - stages[-1].iterations
+    return len(stages) - 1
 
 
-def _lr_at(stages: Sequence[Stage], step: int, warmup_iters: int, warmup_factor: float,
-           lr_steps: Sequence[int], lr_gamma: float) -> float:
-    _, stage, _ = _stage_at(stages, step)
-    lr = stage.lr * lr_gamma ** sum(step >= m for m in lr_steps)
-    if step < warmup_iters:
-        alpha = step / max(1, warmup_iters)
-        lr *= warmup_factor * (1 - alpha) + alpha
-    return lr
+class StageSchedule(Hook):
+    """The detector's learning rate and trainable layers: each :class:`Stage` in turn
+    (its ``trainable`` layers, its learning rate), with torch's ``LinearLR`` warm-up and
+    ``MultiStepLR`` decay at ``lr_steps`` chained over the whole run. Writes the stage's
+    name into each step's row."""
 
+    def __init__(self, optimizer: torch.optim.Optimizer, stages: Sequence[Stage],
+                 warmup_iters: int, warmup_factor: float, lr_steps: Sequence[int],
+                 lr_gamma: float) -> None:
+        self.optimizer, self.stages = optimizer, list(stages)
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] = self.stages[0].lr
+        decay = (torch.optim.lr_scheduler.MultiStepLR(optimizer, list(lr_steps), lr_gamma)
+                 if lr_steps else None)
+        self.scheduler = warmup_scheduler(optimizer, warmup_iters, warmup_factor, decay)
+        self.stage: int = -1  # index of the stage in force
+        self._applied = False  # its trainable layers set in this process
 
-def _apply_stage(model: nn.Module, stage: Stage) -> None:
-    if stage.trainable is not None:
-        from ..models.detection import set_trainable_stage
-        set_trainable_stage(model, stage.trainable)
+    def before_step(self, loop: TrainLoop) -> None:
+        i = _stage_at(self.stages, loop.state.step)
+        if i == self.stage and self._applied:
+            return
+        if 0 <= self.stage != i:  # a new stage: its learning rate, the schedule kept
+            for g in self.optimizer.param_groups:
+                g["lr"] *= self.stages[i].lr / self.stages[self.stage].lr
+        if self.stages[i].trainable is not None:
+            from ..models.detection import set_trainable_stage
+            set_trainable_stage(loop.module, self.stages[i].trainable)
+        self.stage, self._applied = i, True
+
+    def after_step(self, loop: TrainLoop) -> None:
+        loop.state.rows[-1]["stage"] = self.stages[self.stage].name
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if loop.state.step % 10 == 1 and loop.bar is not None:
+            loop.bar.set_postfix(loss=f"{loop.state.rows[-1]['loss']:.3f}",
+                                 stage=self.stages[self.stage].name)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage,
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.stage, self._applied = int(state["stage"]), False
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
 def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[int] = None,
@@ -193,20 +206,23 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
                    eval_every: Optional[int] = None, monitor: str = "AP50",
                    keep_best: bool = True, progress: bool = True) -> DetectionTraining:
     """Train a torchvision detector on ``loader`` (batches of ``(images, targets)`` as
-    :func:`bloodlib.data.datasets.collate_detection` makes them).
+    :func:`bloodlib.data.datasets.collate_detection` makes them) with the one training
+    loop (:class:`~bloodlib.engine.loop.TrainLoop`, a :class:`LossDictStep`).
 
     Either ``iterations`` at ``lr`` (one stage, trainable layers as built) or ``stages``.
-    The learning rate rises linearly from ``warmup_factor * lr`` over ``warmup_iters``
-    steps and is multiplied by ``lr_gamma`` at each step count in ``lr_steps``. Gradients
-    are clipped to norm ``grad_clip``. ``time_budget_s`` stops after the step that passes
-    it. ``evaluate(model) -> {metric: value}`` runs every ``eval_every`` steps and at the
-    end; with ``keep_best`` the model ends with the weights scoring best on ``monitor``.
+    SGD (``momentum``, ``weight_decay``); the learning rate rises linearly from
+    ``warmup_factor * lr`` over ``warmup_iters`` steps and is multiplied by ``lr_gamma``
+    at each step count in ``lr_steps`` (:class:`StageSchedule`). Gradients are clipped to
+    norm ``grad_clip``. ``time_budget_s`` stops after the step that passes it.
+    ``evaluate(model) -> {metric: value}`` runs every ``eval_every`` steps and at the end;
+    with ``keep_best`` the model ends with the weights scoring best on ``monitor``.
     ``checkpoint_path`` gets the final weights with ``checkpoint_meta``, and the latest
     state after the first step, then every ``checkpoint_every`` steps and every
-    ``checkpoint_every_s`` seconds; ``resume_from`` continues such a checkpoint (weights,
-    optimizer, step, log, and the random-number state and position in the epoch, so the
-    batches are those of an uninterrupted run); ``"auto"`` continues ``checkpoint_path``
-    when it exists. Raises FloatingPointError when the loss stops being finite.
+    ``checkpoint_every_s`` seconds, and on Ctrl-C; ``resume_from`` continues such a
+    checkpoint (weights, optimizer, schedule, step, log, and the random-number state and
+    position in the epoch, so the batches are those of an uninterrupted run); ``"auto"``
+    continues ``checkpoint_path`` when it exists. Raises FloatingPointError when the loss
+    stops being finite. Under torchrun the model trains with DistributedDataParallel.
     """
     import pandas as pd
     if stages is None:
@@ -214,133 +230,31 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
             raise ValueError("Give iterations >= 1 or a list of stages.")
         stages = [Stage("train", int(iterations), float(lr), None)]
     stages = list(stages)
-    total = sum(s.iterations for s in stages)
-    device = torch.device(device)
-    plan = device_plan(device, amp, channels_last=False)
-    amp_dtype, scaler = plan.amp_dtype, plan.grad_scaler()
+    device = ddp.local_device(device) if ddp.is_distributed() else torch.device(device)
     model.to(device)
-    params = [p for p in model.parameters()]
-    optimizer = torch.optim.SGD(params, lr=stages[0].lr, momentum=momentum,
+    optimizer = torch.optim.SGD(model.parameters(), lr=stages[0].lr, momentum=momentum,
                                 weight_decay=weight_decay)
-    rows: list[dict[str, Any]] = []
-    evals: list[dict[str, Any]] = []
-    step, images, elapsed0 = 0, 0, 0.0
-    batches = ResumableBatches(loader)
-    resume_from = resolve_resume(resume_from, Path(checkpoint_path) if checkpoint_path else None)
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, model, map_location=device, optimizer=optimizer)
-        step = int(ckpt["extra"].get("step", 0))
-        images = int(ckpt["extra"].get("images", 0))
-        elapsed0 = float(ckpt["extra"].get("seconds", 0.0))
-        rows = list(ckpt.get("history") or [])
-        evals = list(ckpt["extra"].get("evals", []))
-        checkpoint_meta = ckpt.get("meta") if checkpoint_meta is None else checkpoint_meta
-        if ckpt.get("rng_state") is not None:
-            batches.restore(ckpt["rng_state"]["batches"])
-            set_rng_state(ckpt["rng_state"]["now"], [loader])
-    best = {"score": None, "step": None, "state": None}
-    stage_idx = -1
-    t0 = time.monotonic()
-    deadline = t0 + time_budget_s if time_budget_s is not None else None
-    stop_reason = "completed"
-
-    def run_eval() -> None:
-        if evaluate is None:
-            return
-        with _eval_mode(model):
-            metrics = {k: float(v) for k, v in evaluate(model).items()}
-        evals.append({"step": step, **metrics})
-        score = metrics.get(monitor)
-        if score is not None and math.isfinite(score) and \
-                (best["score"] is None or score > best["score"]):
-            best.update(score=score, step=step)
-            if keep_best:
-                best["state"] = {k: v.detach().to("cpu", copy=True)
-                                 for k, v in model.state_dict().items()}
-
-    last_save = [time.monotonic(), None]
-
-    def save() -> None:
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, checkpoint_meta, optimizer, history=rows,
-                            extra={"step": step, "images": images, "evals": evals,
-                                   "seconds": elapsed0 + time.monotonic() - t0},
-                            rng={"now": rng_state([loader]), "batches": batches.state()})
-            last_save[:] = [time.monotonic(), step]
-
-    def save_due() -> bool:
-        return (last_save[1] is None or bool(checkpoint_every and step % checkpoint_every == 0)
-                or (checkpoint_every_s is not None
-                    and time.monotonic() - last_save[0] >= checkpoint_every_s))
-
+    hooks: list[Hook] = [StageSchedule(optimizer, stages, warmup_iters, warmup_factor,
+                                       lr_steps, lr_gamma)]
+    evaluation = PeriodicEval(evaluate, eval_every, monitor, keep_best) if evaluate else None
+    hooks += [evaluation] if evaluation is not None else []
+    if checkpoint_path is not None:
+        hooks.append(CheckpointHook(checkpoint_path, checkpoint_meta, every_s=checkpoint_every_s,
+                                    every_steps=checkpoint_every, at="step"))
+    resume = resolve_resume(resume_from, Path(checkpoint_path) if checkpoint_path else None)
+    loop = TrainLoop(model, LossDictStep(optimizer, grad_clip), loader,
+                     max_steps=sum(s.iterations for s in stages), time_budget_s=time_budget_s,
+                     hooks=hooks, device=device, plan=device_plan(device, amp, False),
+                     resume_from=resume, progress=progress, desc="train")
+    state = loop.run()
     model.train()
-    bar = _bar(range(step, total), total - step, "train", progress, leave=False)
-    for _ in bar:
-        i, stage, _ = _stage_at(stages, step)
-        if i != stage_idx:
-            _apply_stage(model, stage)
-            stage_idx = i
-        cur_lr = _lr_at(stages, step, warmup_iters, warmup_factor, lr_steps, lr_gamma)
-        for g in optimizer.param_groups:
-            g["lr"] = cur_lr
-        epoch, (imgs, targets) = next(batches)
-        imgs = _images_to_device(imgs, device)
-        targets = targets_to_device(targets, device)
-        with _autocast(device, amp_dtype):
-            loss_dict = model(imgs, targets)
-        loss = sum(loss_dict.values())
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"Detection loss became {value} at step {step} "
-                f"({ {k: float(v.detach()) for k, v in loss_dict.items()} }); lower the learning rate, "
-                "lengthen the warm-up or check the boxes.")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        step += 1
-        images += len(imgs)
-        row = {"step": step, "epoch": epoch + 1, "stage": stage.name, "lr": cur_lr, "loss": value,
-               **{k: float(loss_dict[k].detach()) if k in loss_dict else float("nan")
-                  for k in LOSS_KEYS},
-               "seconds": elapsed0 + time.monotonic() - t0}
-        rows.append(row)
-        if step % 10 == 1 or step == total:
-            bar.set_postfix(loss=f"{value:.3f}", stage=stage.name)
-        if eval_every and step % eval_every == 0 and step < total:
-            run_eval()
-            model.train()
-        if save_due():
-            save()
-        if deadline is not None and time.monotonic() > deadline and step < total:
-            stop_reason = "time_budget"
-            break
-    bar.close()
-    seconds = time.monotonic() - t0
-    if not evals or evals[-1]["step"] != step:
-        run_eval()
-    if keep_best and best["state"] is not None and best["step"] != step:
-        model.load_state_dict(best["state"])
-    model.train()
-    save()
-    log = pd.DataFrame(rows)
-    for k in LOSS_KEYS:  # drop the components this model never produced
-        if k in log and log[k].isna().all():
-            log = log.drop(columns=k)
-    return DetectionTraining(log=log, evals=pd.DataFrame(evals), stop_reason=stop_reason,
-                             seconds=elapsed0 + seconds, iterations=step, images=images,
-                             best_step=best["step"], best_score=best["score"],
-                             checkpoint=Path(checkpoint_path) if checkpoint_path else None)
+    log = pd.DataFrame(state.rows).drop(columns="images", errors="ignore")
+    return DetectionTraining(
+        log=log, evals=pd.DataFrame(evaluation.evals if evaluation else []),
+        stop_reason=state.stop_reason, seconds=state.seconds, iterations=state.step,
+        images=state.images, best_step=evaluation.best_step if evaluation else None,
+        best_score=evaluation.best_score if evaluation else None,
+        checkpoint=Path(checkpoint_path) if checkpoint_path else None)
 
 
 def loss_summary(log: Any, last: int = 20) -> dict[str, float]:
@@ -374,7 +288,7 @@ def detection_val_loss(model: nn.Module, loader: Iterable, device: Any = "cpu",
         for b, (imgs, targets) in enumerate(loader):
             if max_batches is not None and b >= max_batches:
                 break
-            losses = model(_images_to_device(imgs, device), targets_to_device(targets, device))
+            losses = model(images_to_device(imgs, device), targets_to_device(targets, device))
             sums["loss"] = sums.get("loss", 0.0) + float(sum(losses.values()))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -398,7 +312,7 @@ def predict_coco(model: nn.Module, loader: Iterable, device: Any = "cpu",
     with _eval_mode(model):
         model.to(device)
         for imgs, targets in _bar(loader, None, "predict", progress, leave=False):
-            outs = model(_images_to_device(imgs, device))
+            outs = model(images_to_device(imgs, device))
             ids = [int(t["image_id"]) for t in targets]
             masks = ("masks" in outs[0]) if with_masks is None and outs else bool(with_masks)
             res = torchvision_to_coco_results(outs, ids, with_masks=masks,

@@ -1,10 +1,12 @@
-"""A reusable supervised training loop (segmentation and classification).
+"""Supervised training by epochs (segmentation and classification) and its evaluation.
 
-:func:`fit` trains for a number of epochs, validates after each, keeps the best
-checkpoint (by ``monitor``), stops early or on a time budget, and can resume.
-Batches are ``(inputs, targets)`` pairs (or dicts with ``image`` and ``mask``/``label``).
-On CUDA it uses autocast (bf16 where supported, else fp16 with a GradScaler) and
-channels-last memory; on CPU/MPS it runs plain float32.
+:func:`fit` runs the one training loop (:class:`bloodlib.engine.loop.TrainLoop`) with a
+:class:`~bloodlib.engine.loop.SupervisedStep` and an end-of-epoch hook
+(:class:`EpochValidation`): it validates after each epoch, keeps the best checkpoint (by
+``monitor``), stops early or on a time budget, and can resume. Batches are
+``(inputs, targets)`` pairs (or dicts with ``image`` and ``mask``/``label``). On CUDA it
+uses autocast (bf16 where supported, else fp16 with a GradScaler) and channels-last
+memory; on CPU/MPS it runs plain float32.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import torch
 from torch import nn
 
+from . import distributed as ddp
 from .checkpoint import _unwrap, load_checkpoint, resolve_resume, save_checkpoint
 from .device import amp_dtype as resolve_amp_dtype, device_plan
-from .rng import rng_state, set_rng_state
+from .loop import (CheckpointHook, Hook, SchedulerHook, SupervisedStep, TrainLoop,
+                   move_to_device as _move, unpack_batch as _unpack)
 
-__all__ = ["History", "fit", "train_one_epoch", "mean_loss", "evaluate_segmentation",
+__all__ = ["History", "fit", "EpochValidation", "mean_loss", "evaluate_segmentation",
            "segmentation_evaluator", "predict_segmentation", "last_checkpoint_path",
            "resolve_resume"]
 
@@ -82,23 +86,6 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def _unpack(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, Mapping):
-        target = next((batch[k] for k in ("mask", "label", "target") if k in batch), None)
-        return batch["image"], target
-    inputs, target = batch[0], batch[1]
-    return inputs, target
-
-
-def _move(x: Any, device: torch.device, channels_last: bool = False) -> Any:
-    if isinstance(x, (list, tuple)):
-        x = torch.stack(list(x)) if x and isinstance(x[0], torch.Tensor) else torch.as_tensor(x)
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.ndim == 4 and x.is_floating_point():
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 def _limited(loader: Iterable, max_batches: Optional[int]) -> tuple[Iterable, Optional[int]]:
     try:
         total = len(loader)  # type: ignore[arg-type]
@@ -108,12 +95,6 @@ def _limited(loader: Iterable, max_batches: Optional[int]) -> tuple[Iterable, Op
         total = max_batches if total is None else min(total, max_batches)
         return (b for i, b in zip(range(max_batches), loader)), total
     return loader, total
-
-
-def _bar(iterable: Iterable, total: Optional[int], desc: str, progress: bool, leave: bool):
-    from tqdm.auto import tqdm
-    return tqdm(iterable, total=total, desc=desc, leave=leave, disable=not progress,
-                dynamic_ncols=True)
 
 
 @contextmanager
@@ -127,62 +108,13 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _check_finite(value: float, where: str) -> None:
-    if not math.isfinite(value):
-        raise FloatingPointError(f"Loss became {value} {where}; lower the learning rate, "
-                                 "check the inputs/targets, or disable mixed precision.")
-
-
 def last_checkpoint_path(checkpoint_path: str | Path) -> Path:
     """Where :func:`fit` keeps the latest epoch: ``best.pt`` -> ``best_last.pt``."""
     p = Path(checkpoint_path)
     return p.with_name(f"{p.stem}_last{p.suffix or '.pt'}")
 
 
-# ----------------------------------------------------------------------------- epochs
-def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable,
-                    optimizer: torch.optim.Optimizer, device: torch.device, *,
-                    amp_dtype: Optional[torch.dtype] = None, scaler: Any = None,
-                    channels_last: bool = False, max_batches: Optional[int] = None,
-                    deadline: Optional[float] = None, batch_scheduler: Any = None,
-                    progress: bool = False, desc: str = "train") -> dict[str, Any]:
-    """One pass over ``loader``; returns ``train_loss`` (per-sample mean), ``batches``
-    and ``out_of_time`` (the deadline, a ``time.monotonic()`` value, was passed)."""
-    model.train()
-    batches, total = _limited(loader, max_batches)
-    loss_sum, seen, n_batches, out_of_time = torch.zeros((), device=device), 0, 0, False
-    bar = _bar(batches, total, desc, progress, leave=False)
-    for batch in bar:
-        inputs, target = _unpack(batch)
-        inputs, target = _move(inputs, device, channels_last), _move(target, device)
-        with _autocast(device, amp_dtype):
-            loss = loss_fn(model(inputs), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if batch_scheduler is not None:
-            batch_scheduler.step()
-        loss_sum += loss.detach().float() * len(target)
-        seen, n_batches = seen + len(target), n_batches + 1
-        if n_batches % 10 == 1:
-            running = (loss_sum / seen).item()
-            _check_finite(running, f"in batch {n_batches}")
-            bar.set_postfix(loss=f"{running:.4f}")
-        if deadline is not None and time.monotonic() > deadline:
-            out_of_time = True
-            break
-    bar.close()
-    mean = (loss_sum / seen).item() if seen else float("nan")
-    if seen:
-        _check_finite(mean, "in this epoch")
-    return {"train_loss": mean, "batches": n_batches, "out_of_time": out_of_time}
-
-
+# ----------------------------------------------------------------------------- validation
 @torch.no_grad()
 def mean_loss(model: nn.Module, loader: Iterable, loss_fn: Callable, device: torch.device, *,
               amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
@@ -223,32 +155,94 @@ def _resolve_monitor(history: History, row: Mapping[str, Any]) -> None:
     history.monitor, history.mode = fallback, "min"
 
 
-def _resume(resume_from: str | Path, model: nn.Module, optimizer: Any, scheduler: Any,
-            history: History, loader: Any) -> tuple[int, dict[str, Any]]:
-    """Restore states, history and random-number state (so the next epoch draws the same
-    data order) from a checkpoint; returns (next epoch, its meta)."""
-    ckpt = load_checkpoint(resume_from, model, optimizer=optimizer, scheduler=scheduler)
-    history.rows = list(ckpt.get("history") or [])
-    state = ckpt.get("extra", {}).get("history", {})
-    history.best_epoch, history.best_score = state.get("best_epoch"), state.get("best_score")
-    if ckpt.get("rng_state") is not None:
-        set_rng_state(ckpt["rng_state"], [loader])
-    return int(ckpt.get("epoch") or history.last_epoch) + 1, dict(ckpt.get("meta") or {})
-
-
-def _step_epoch_scheduler(scheduler: Any, score: Optional[float]) -> None:
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        if score is not None and not math.isnan(score):
-            scheduler.step(score)
-    else:
-        scheduler.step()
-
-
 def _resolve_device(device: Any) -> torch.device:
+    if ddp.is_distributed():
+        return ddp.local_device(device if device is not None else "auto")
     if device in (None, "auto"):
         from bloodlib.runtime import get_device
         return get_device("auto")
     return torch.device(device)
+
+
+def _epoch_rows(rows: Sequence[Mapping[str, Any]], epoch: int) -> list[Mapping[str, Any]]:
+    """The step rows of ``epoch`` (the last ones of ``rows``)."""
+    out = []
+    for r in reversed(rows):
+        if r["epoch"] != epoch:
+            break
+        out.append(r)
+    return out[::-1]
+
+
+class EpochValidation(Hook):
+    """``fit``'s end of epoch: one :class:`History` row (per-sample mean training loss,
+    ``validate()``'s ``val_*`` values, the epoch's first learning rate, seconds,
+    batches), the best epoch by the monitor (its weights copied to memory when
+    ``best_path`` is set and written there by :meth:`write_best`), and early stopping."""
+
+    def __init__(self, history: History, validate: Callable[[], dict[str, float]], *,
+                 min_delta: float = 0.0, patience: Optional[int] = None,
+                 best_path: Optional[Path] = None,
+                 meta: Callable[[], Optional[Mapping[str, Any]]] = lambda: None) -> None:
+        self.history, self.validate, self.min_delta, self.patience = history, validate, min_delta, patience
+        self.best_path, self.meta = best_path, meta
+        self.best_state: Optional[dict[str, torch.Tensor]] = None
+        self._pending: Optional[dict[str, Any]] = None  # the best epoch's record, unwritten
+        self._epoch_t0 = time.monotonic()
+
+    @property
+    def score(self) -> Optional[float]:
+        """The last epoch's monitored value (for ReduceLROnPlateau)."""
+        rows = self.history.rows
+        return float(rows[-1][self.history.monitor]) if rows and self.history.monitor in rows[-1] else None
+
+    def before_step(self, loop: TrainLoop) -> None:
+        if loop.state.position == 0:
+            self._epoch_t0 = time.monotonic()
+
+    def after_epoch(self, loop: TrainLoop) -> None:
+        epoch, history = loop.state.epoch, self.history
+        steps = _epoch_rows(loop.state.rows, epoch)
+        seen = sum(r["images"] for r in steps)
+        row = {"epoch": epoch,
+               "train_loss": sum(r["loss"] * r["images"] for r in steps) / seen if seen else float("nan"),
+               **self.validate(), "lr": steps[0]["lr"] if steps else float("nan"),
+               "seconds": time.monotonic() - self._epoch_t0, "train_batches": len(steps)}
+        history.rows.append(row)
+        if len(history.rows) == 1 or history.monitor not in row:
+            _resolve_monitor(history, row)
+        score = float(row[history.monitor])
+        if history.is_better(score, self.min_delta):
+            history.best_epoch, history.best_score = epoch, score
+            if self.best_path is not None:
+                self.best_state = {k: v.detach().to("cpu", copy=True)
+                                   for k, v in loop.module.state_dict().items()}
+                self._pending = {"epoch": epoch, "rows": list(history.rows),
+                                 "state": history.state()}
+        if loop.bar is not None:
+            loop.bar.set_postfix({"epoch": epoch, "train_loss": f"{row['train_loss']:.4f}",
+                                  history.monitor: f"{score:.4f}"})
+        if self.patience is not None and history.epochs_since_best() >= self.patience:
+            loop.request_stop("early_stopping")
+
+    def write_best(self) -> None:
+        """The best weights to ``best_path``, when they changed since the last write."""
+        if self.best_path is None or self._pending is None or self.best_state is None:
+            return
+        if ddp.is_main():
+            save_checkpoint(self.best_path, self.best_state, self.meta(), None,
+                            self._pending["epoch"], history=self._pending["rows"],
+                            extra={"history": self._pending["state"]})
+        self._pending = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.history.rows, **self.history.state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        h = self.history
+        h.rows = list(state.get("rows") or [])
+        h.monitor, h.mode = state.get("monitor", h.monitor), state.get("mode", h.mode)
+        h.best_epoch, h.best_score = state.get("best_epoch"), state.get("best_score")
 
 
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable],
@@ -261,140 +255,68 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
         amp: Any = "auto", channels_last: Any = "auto",
         resume_from: Any = None, max_train_batches: Optional[int] = None,
         progress: bool = True, time_budget_s: Optional[float] = None,
-        checkpoint_every_s: Optional[float] = 60.0) -> History:
-    """Train ``model`` up to epoch ``epochs`` (1-based, counted over resumes).
+        checkpoint_every_s: Optional[float] = 60.0, grad_clip: Optional[float] = None
+        ) -> History:
+    """Train ``model`` up to epoch ``epochs`` (1-based, counted over resumes) on
+    :class:`~bloodlib.engine.loop.TrainLoop` with a :class:`SupervisedStep`.
 
     After each epoch: ``val_loss`` (or ``evaluate``'s ``loss``) and ``evaluate(model,
     val_loader, device)``'s metrics, prefixed ``val_``, go into the epoch's row. The best
     epoch by ``monitor``/``mode`` (falling back to ``val_loss`` with a warning when the
     key is absent) is saved to ``checkpoint_path`` with ``checkpoint_meta``; the latest
-    epoch to :func:`last_checkpoint_path`, from which ``resume_from`` continues (model,
-    optimizer, scheduler, epoch, history and the random-number state, so the data order
-    is that of an uninterrupted run; its meta unless ``checkpoint_meta`` is given);
+    state to :func:`last_checkpoint_path`, from which ``resume_from`` continues (model,
+    optimizer, scheduler, history and the random-number state, so the data order is that
+    of an uninterrupted run; its meta unless ``checkpoint_meta`` is given);
     ``resume_from="auto"`` continues that file when it exists and starts afresh otherwise.
     ``early_stopping_patience`` epochs without improvement (> ``min_delta``) stop
-    training; so does ``time_budget_s``, counted from the call (the current batch finishes,
-    the partial epoch is validated and recorded). With ``restore_best`` and a checkpoint,
-    the model ends with the best weights. With a ``checkpoint_path`` the best weights are
-    copied to memory when they improve, and both files are written after the first epoch,
-    then at most every ``checkpoint_every_s`` seconds (0 or None: after every epoch) and
-    after the last epoch, so that a large model's checkpoints (a full-width WCSegNet with its Adam state:
-    0.8 GB, about 4 s a file) do not cost more than its epochs; an interrupted run still
-    writes its best weights. ``max_train_batches`` caps batches per epoch (quick
-    profiling). ``amp`` ("auto", True, False, "bf16", "fp16")
-    only takes effect on CUDA; ``channels_last`` "auto" means on CUDA only, True on any
-    device (about 30 % faster for convolutional nets on a CPU, too).
+    training; so does ``time_budget_s``, counted from the call (the current batch
+    finishes, the partial epoch is validated and recorded). With ``restore_best`` and a
+    checkpoint, the model ends with the best weights. Both files are written after the
+    first epoch, then at most every ``checkpoint_every_s`` seconds (0 or None: after every
+    epoch), after the last epoch and on Ctrl-C, so that a large model's checkpoints (a
+    full-width WCSegNet with its Adam state: 0.8 GB, about 4 s a file) do not cost more
+    than its epochs; after an error the best weights are still written.
+    ``max_train_batches`` caps batches per epoch (quick profiling); ``grad_clip`` clips
+    the gradient norm. ``amp`` ("auto", True, False, "bf16", "fp16") only takes effect on
+    CUDA (and "bf16" on CPUs); ``channels_last`` "auto" means on CUDA only, True on any
+    device (about 30 % faster for convolutional nets on a CPU, too). Under torchrun each
+    rank trains on its share of every epoch (DistributedDataParallel).
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     device = _resolve_device(device)
     plan = device_plan(device, amp, channels_last)
-    amp_dtype, use_cl, scaler = plan.amp_dtype, plan.channels_last, plan.grad_scaler()
-    model.to(device)
-    if use_cl:
-        model.to(memory_format=torch.channels_last)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
     history = History(monitor=monitor, mode=mode)
-    start = 1
-    resume_from = resolve_resume(resume_from, last_checkpoint_path(checkpoint_path)
-                                 if checkpoint_path is not None else None)
-    if resume_from is not None:
-        start, old_meta = _resume(resume_from, model, optimizer, scheduler, history, train_loader)
-        checkpoint_meta = old_meta if checkpoint_meta is None else checkpoint_meta
-    deadline = time.monotonic() + time_budget_s if time_budget_s is not None else None
-    batch_sched = scheduler if scheduler_interval == "batch" else None
-    writer = _CheckpointWriter(checkpoint_path, checkpoint_meta, optimizer, scheduler,
-                               checkpoint_every_s, train_loader)
-    epoch_bar = _bar(range(start, epochs + 1), epochs - start + 1, "epochs", progress, True)
-    try:
-        for epoch in epoch_bar:
-            t0, lr = time.monotonic(), optimizer.param_groups[0]["lr"]
-            train = train_one_epoch(model, train_loader, loss_fn, optimizer, device,
-                                    amp_dtype=amp_dtype, scaler=scaler, channels_last=use_cl,
-                                    max_batches=max_train_batches, deadline=deadline,
-                                    batch_scheduler=batch_sched, progress=progress,
-                                    desc=f"epoch {epoch}/{epochs}")
-            row = {"epoch": epoch, "train_loss": train["train_loss"],
-                   **_validate(model, val_loader, loss_fn, device, evaluate, amp_dtype, use_cl),
-                   "lr": lr, "seconds": time.monotonic() - t0, "train_batches": train["batches"]}
-            history.rows.append(row)
-            if len(history.rows) == 1 or history.monitor not in row:
-                _resolve_monitor(history, row)
-            score = float(row[history.monitor])
-            improved = history.is_better(score, min_delta)
-            if improved:
-                history.best_epoch, history.best_score = epoch, score
-            if scheduler is not None and batch_sched is None:
-                _step_epoch_scheduler(scheduler, score)
-            writer.epoch_done(model, history, improved)
-            epoch_bar.set_postfix({"train_loss": f"{row['train_loss']:.4f}",
-                                   history.monitor: f"{score:.4f}"})
-            if train["out_of_time"] or (deadline is not None and time.monotonic() > deadline):
-                history.stop_reason = "time_budget"
-                break
-            if early_stopping_patience is not None \
-                    and history.epochs_since_best() >= early_stopping_patience:
-                history.stop_reason = "early_stopping"
-                break
-        writer.write_latest(model, history)
-    finally:
-        writer.write_best()
-        epoch_bar.close()
-    if restore_best and writer.best_state is not None:
-        _unwrap(model).load_state_dict(writer.best_state)
-    elif restore_best and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        load_checkpoint(checkpoint_path, model, map_location=device)
+    best_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    checkpoint = (CheckpointHook(last_checkpoint_path(best_path), checkpoint_meta,
+                                 every_s=checkpoint_every_s or 0.0, at="epoch")
+                  if best_path is not None else None)
+    epoch_end = EpochValidation(
+        history, lambda: _validate(model, val_loader, loss_fn, device, evaluate,
+                                   plan.amp_dtype, plan.channels_last),
+        min_delta=min_delta, patience=early_stopping_patience, best_path=best_path,
+        meta=lambda: checkpoint.meta if checkpoint is not None else checkpoint_meta)
+    hooks: list[Hook] = [epoch_end]
+    if scheduler is not None:
+        hooks.append(SchedulerHook(scheduler, "step" if scheduler_interval == "batch" else "epoch",
+                                   score=lambda: epoch_end.score))
+    if checkpoint is not None:
+        checkpoint.on_write = epoch_end.write_best
+        hooks.append(checkpoint)
+    resume = resolve_resume(resume_from, last_checkpoint_path(best_path) if best_path else None)
+    loop = TrainLoop(model, SupervisedStep(loss_fn, optimizer, grad_clip), train_loader,
+                     max_epochs=epochs, batches_per_epoch=max_train_batches,
+                     time_budget_s=time_budget_s, hooks=hooks, device=device, plan=plan,
+                     resume_from=resume, progress=progress, desc="fit", partial_epoch=True)
+    state = loop.run()
+    history.stop_reason = None if state.stop_reason == "completed" else state.stop_reason
+    if restore_best and epoch_end.best_state is not None:
+        _unwrap(model).load_state_dict(epoch_end.best_state)
+    elif restore_best and best_path is not None and best_path.is_file():
+        load_checkpoint(best_path, model, map_location=device)
     return history
-
-
-class _CheckpointWriter:
-    """:func:`fit`'s checkpoints: the best weights (a CPU copy taken when they improve)
-    to ``path``, the latest epoch (with optimizer and scheduler) to ``*_last``; written at
-    most every ``every_s`` seconds (the first one after the first epoch, so an early kill
-    loses at most one epoch), and by :meth:`write_latest` / :meth:`write_best`."""
-
-    def __init__(self, path: Optional[str | Path], meta: Optional[Mapping[str, Any]],
-                 optimizer: Any, scheduler: Any, every_s: Optional[float],
-                 loader: Any = None) -> None:
-        self.path, self.meta = (Path(path) if path is not None else None), meta
-        self.optimizer, self.scheduler, self.every_s = optimizer, scheduler, every_s or 0.0
-        self.loader = loader
-        self.best_state: Optional[dict[str, torch.Tensor]] = None
-        self._best: Optional[dict[str, Any]] = None  # the best epoch's record, not yet written
-        self._latest_written: Optional[int] = None
-        self._last_write = time.monotonic()
-
-    def epoch_done(self, model: nn.Module, history: History, improved: bool) -> None:
-        """Record the epoch just finished; write both files when their time has come."""
-        if self.path is None:
-            return
-        if improved:
-            self.best_state = {k: v.detach().to("cpu", copy=True)
-                               for k, v in _unwrap(model).state_dict().items()}
-            self._best = {"epoch": history.last_epoch, "rows": list(history.rows),
-                          "state": history.state()}
-        if self._latest_written is None or time.monotonic() - self._last_write >= self.every_s:
-            self.write_latest(model, history)
-
-    def write_latest(self, model: nn.Module, history: History) -> None:
-        """The latest epoch to ``*_last`` (resumable) and any pending best weights."""
-        if self.path is None or not history.rows or self._latest_written == history.last_epoch:
-            return
-        save_checkpoint(last_checkpoint_path(self.path), model, self.meta, self.optimizer,
-                        history.last_epoch, scheduler=self.scheduler, history=history.rows,
-                        extra={"history": history.state()},
-                        rng=rng_state([self.loader] if self.loader is not None else []))
-        self._latest_written, self._last_write = history.last_epoch, time.monotonic()
-        self.write_best()
-
-    def write_best(self) -> None:
-        """The best weights to ``path``, when they changed since the last write."""
-        if self.path is None or self._best is None or self.best_state is None:
-            return
-        save_checkpoint(self.path, self.best_state, self.meta, None, self._best["epoch"],
-                        history=self._best["rows"], extra={"history": self._best["state"]})
-        self._best = None
 
 
 # ----------------------------------------------------------------------------- segmentation
