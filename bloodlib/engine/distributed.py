@@ -12,7 +12,7 @@ every function here is a cheap no-op, so the same code runs on one process.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main",
            "distributed_loader", "wrap_model", "mean_over_ranks",
-           "any_rank", "barrier", "shutdown", "local_device"]
+           "any_rank", "average_gradients", "barrier", "shutdown", "local_device"]
 
 
 def is_distributed() -> bool:
@@ -122,6 +122,17 @@ def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
                      device=_reduce_device())
     dist.all_reduce(t)
     return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
+
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Each gradient averaged over the ranks (for steps that bypass DDP's forward)."""
+    if not is_distributed():
+        return
+    n = world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= n
 
 
 def any_rank(flag: bool) -> bool:

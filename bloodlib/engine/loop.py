@@ -127,6 +127,8 @@ class TrainStep:
             scaler.unscale_(optimizer)
         else:
             loss.backward()
+        if loop.average_gradients:
+            ddp.average_gradients(p for g in optimizer.param_groups for p in g["params"])
         if self.grad_clip:
             params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -388,7 +390,9 @@ class TrainLoop:
     ``partial_epoch=True`` a stop inside an epoch still ends it (its hooks run: ``fit``
     validates the partial epoch). ``resume_from`` is a checkpoint written by
     :meth:`save` (a :class:`CheckpointHook`). Under torchrun the model is wrapped in
-    DDP (``sync_batchnorm`` optional) and the loader gets a distributed sampler."""
+    DDP (``sync_batchnorm`` optional) and the loader gets a distributed sampler; with
+    ``wrap_ddp=False`` (a step that calls sub-modules, as the GAN's) the gradients are
+    averaged over the ranks after each backward instead."""
 
     def __init__(self, model: nn.Module, step: TrainStep, loader: Iterable, *,
                  max_steps: Optional[int] = None, max_epochs: Optional[int] = None,
@@ -397,7 +401,7 @@ class TrainLoop:
                  device: Any = "cpu", plan: Optional[DevicePlan] = None,
                  resume_from: Any = None, progress: bool = True, desc: str = "train",
                  partial_epoch: bool = False, sync_batchnorm: bool = False,
-                 seed: int = 0) -> None:
+                 wrap_ddp: bool = True, seed: int = 0) -> None:
         if max_steps is None and max_epochs is None:
             raise ValueError("Give max_steps or max_epochs.")
         self.device = torch.device(device)
@@ -406,7 +410,10 @@ class TrainLoop:
         self.module = model.to(self.device)
         if self.plan.channels_last:
             self.module.to(memory_format=torch.channels_last)
-        self.model = ddp.wrap_model(self.module, self.device, sync_batchnorm)
+        self.model = (ddp.wrap_model(self.module, self.device, sync_batchnorm) if wrap_ddp
+                      else self.module)
+        #: Steps that call sub-modules (a GAN) average the gradients over the ranks themselves.
+        self.average_gradients = ddp.is_distributed() and not wrap_ddp
         self.loader = ddp.distributed_loader(loader, seed)
         self.step_fn, self.hooks = step, list(hooks)
         self.max_steps, self.max_epochs = max_steps, max_epochs

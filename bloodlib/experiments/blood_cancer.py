@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -48,8 +47,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import register
-from ..engine.checkpoint import load_checkpoint, resolve_resume, run_checkpoint, save_checkpoint
-from ..engine.rng import ResumableBatches, rng_state, set_rng_state
+from ..engine.checkpoint import resolve_resume, run_checkpoint
+from ..engine.device import device_plan
+from ..engine.loop import CheckpointHook, LossDictStep, SchedulerHook, TrainLoop
 
 EXPERIMENT = "blood_cancer"
 PAPER = "paper3"
@@ -379,68 +379,33 @@ def _lr_factor(step: int, elapsed: float, steps: int, budget: Optional[float],
 def train_steps(model: nn.Module, loader: DataLoader, loss_fn: Callable[[nn.Module, Any], dict],
                 knobs: Mapping[str, Any], steps: int, time_budget_s: Optional[float],
                 device: Any = "cpu", label: Optional[str] = None) -> TrainLog:
-    """Train for ``steps`` batches (cycling over ``loader``) or until ``time_budget_s``;
-    ``loss_fn(model, batch)`` returns named losses that are summed. Learning rate from
-    :func:`_lr_factor`; gradient-norm clipping at ``knobs["grad_clip"]``. With a
-    ``label`` and ``knobs["checkpoint_dir"]`` (notebook runs) the state is checkpointed
-    after the first step and every 60 s, and ``knobs["resume"]`` continues it with the
-    same batches (the time budget starts afresh)."""
+    """Train for ``steps`` batches (cycling over ``loader``) or until ``time_budget_s``
+    on the one training loop; ``loss_fn(model, batch)`` returns named losses that are
+    summed. Learning rate from :func:`_lr_factor` (a ``LambdaLR``); gradient-norm clipping
+    at ``knobs["grad_clip"]``. With a ``label`` and ``knobs["checkpoint_dir"]`` (notebook
+    runs) the state is checkpointed after the first step and every 60 s, and
+    ``knobs["resume"]`` continues it with the same batches (the time budget starts afresh)."""
     device = torch.device(device)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, knobs)
-    base = [g["lr"] for g in opt.param_groups]
-    log, t0 = TrainLog(), time.perf_counter()
-    batches = ResumableBatches(loader)
+    model.to(device)
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad], knobs)
+    loop_ref: list[TrainLoop] = []
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(
+        step, loop_ref[0].elapsed() if loop_ref else 0.0, int(steps), time_budget_s, knobs))
+    hooks: list[Any] = [SchedulerHook(schedule, "step")]
     ckpt_path, resume = run_checkpoint(knobs, label) if label else (None, None)
-    start, last_save = _resume_steps(resolve_resume(resume, ckpt_path), model, opt, batches, log), None
-    for step in range(start, int(steps)):
-        _, batch = next(batches)
-        factor = _lr_factor(step, time.perf_counter() - t0, int(steps), time_budget_s, knobs)
-        for g, lr in zip(opt.param_groups, base):
-            g["lr"] = lr * factor
-        losses = loss_fn(model, batch)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"Non-finite training loss at step {step + 1}: "
-                                     f"{ {k: float(v) for k, v in losses.items()} }; lower lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, float(knobs.get("grad_clip", 10.0)))
-        opt.step()
-        log.rows.append({"step": step + 1, "loss": float(loss.detach()),
-                         **{k: float(v.detach()) for k, v in losses.items()},
-                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
-        if ckpt_path is not None and (last_save is None or time.perf_counter() - last_save > 60):
-            _save_steps(ckpt_path, model, opt, batches, log, loader)
-            last_save = time.perf_counter()
-        if time_budget_s is not None and time.perf_counter() - t0 > float(time_budget_s):
-            log.stop_reason = "time_budget"
-            break
-    log.seconds = time.perf_counter() - t0
-    if ckpt_path is not None and log.rows:
-        _save_steps(ckpt_path, model, opt, batches, log, loader)
+    if ckpt_path is not None:
+        hooks.append(CheckpointHook(ckpt_path, None, every_s=60.0, at="step"))
+    step = LossDictStep(opt, float(knobs.get("grad_clip", 10.0)),
+                        forward=lambda m, batch, _device: loss_fn(m, batch))
+    loop = TrainLoop(model, step, loader, max_steps=int(steps), time_budget_s=time_budget_s,
+                     hooks=hooks, device=device, plan=device_plan(device, False, False),
+                     resume_from=resolve_resume(resume, ckpt_path), progress=False)
+    loop_ref.append(loop)
+    state = loop.run()
     model.eval()
-    return log
-
-
-def _save_steps(path: Path, model: nn.Module, opt: Any, batches: ResumableBatches, log: TrainLog,
-                loader: DataLoader) -> None:
-    save_checkpoint(path, model, None, opt, history=log.rows, extra={"step": len(log.rows)},
-                    rng={"now": rng_state([loader]), "batches": batches.state()})
-
-
-def _resume_steps(path: Optional[Path], model: nn.Module, opt: Any, batches: ResumableBatches,
-                  log: TrainLog) -> int:
-    """Load a :func:`train_steps` checkpoint (weights, optimizer, log, batches, random
-    state); returns the step to continue from (0 without one)."""
-    if path is None:
-        return 0
-    ckpt = load_checkpoint(path, model, optimizer=opt)
-    log.rows = list(ckpt.get("history") or [])
-    batches.restore(ckpt["rng_state"]["batches"])
-    set_rng_state(ckpt["rng_state"]["now"], [batches.loader])
-    return int(ckpt["extra"]["step"])
+    rows = [{k: v for k, v in r.items() if k not in ("epoch", "images")} for r in state.rows]
+    return TrainLog(rows=rows, seconds=loop.elapsed(),
+                    stop_reason="steps" if state.stop_reason == "completed" else state.stop_reason)
 
 
 def _detection_loss(device: torch.device) -> Callable[[nn.Module, Any], dict]:

@@ -23,7 +23,6 @@ blocks) are ours and small enough to train in a minute on a CPU.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -33,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from ..engine.rng import rng_state, set_rng_state
+from ..engine import distributed as ddp
+from ..engine.checkpoint import resolve_resume
+from ..engine.device import device_plan
+from ..engine.loop import CheckpointHook, TrainLoop, TrainStep
 
 __all__ = ["ResidualBlock", "NoiseSuppressionGenerator", "ResolutionGenerator",
            "Discriminator", "FeatureExtractor", "RensGAN", "GANHistory", "degrade",
-           "random_crops", "train_gan", "augment_with_gan"]
+           "random_crops", "GanStep", "train_gan", "augment_with_gan"]
 
 
 class ResidualBlock(nn.Module):
@@ -246,6 +247,42 @@ def _discriminator_loss(gan: RensGAN, real: torch.Tensor, fake: torch.Tensor) ->
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
 
 
+class GanStep(TrainStep):
+    """One RENS-GAN update: random crops of the images, degraded; a generator step, then
+    a discriminator step (two Adam optimisers). The crop generator (NumPy) and the noise
+    generator (torch) are part of the state, so a resumed run draws the same crops."""
+
+    def __init__(self, gan: RensGAN, images: Sequence[np.ndarray], *, lr: float,
+                 batch_size: int, crop: int, noise_std: float, adv_weight: float,
+                 feature_weight: float, seed: int) -> None:
+        g_params = [*gan.g_noise.parameters(), *gan.g_resolution.parameters()]
+        super().__init__({"generator": torch.optim.Adam(g_params, lr=lr, betas=(0.5, 0.999)),
+                          "discriminator": torch.optim.Adam(gan.discriminator.parameters(),
+                                                            lr=lr, betas=(0.5, 0.999))})
+        self.gan, self.images, self.batch_size, self.crop = gan, images, batch_size, crop
+        self.noise_std, self.adv_weight, self.feature_weight = noise_std, adv_weight, feature_weight
+        self.rng, self.gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+    def run(self, loop: Any, batch: Any) -> dict[str, Any]:
+        real = random_crops(self.images, self.batch_size, self.crop, self.rng).to(loop.device)
+        noisy, clean_lr = degrade(real, self.noise_std, self.gen)
+        loss_g, fake, row = _generator_loss(self.gan, noisy, clean_lr, real, self.adv_weight,
+                                            self.feature_weight)
+        self.update(loop, loss_g, self.optimizers["generator"])
+        loss_d = _discriminator_loss(self.gan, real, fake)
+        self.update(loop, loss_d, self.optimizers["discriminator"])
+        return {**row, "discriminator": float(loss_d.detach()), "n": len(real)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "crop_noise": self.gen.get_state(),
+                "numpy_rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        self.gen.set_state(state["crop_noise"])
+        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+
+
 def train_gan(images: Sequence[np.ndarray], steps: int = 100, crop: int = 64,
               batch_size: int = 8, lr: float = 2e-4, noise_std: float = 0.04,
               adv_weight: float = 1e-2, feature_weight: float = 0.1, channels: int = 32,
@@ -254,77 +291,33 @@ def train_gan(images: Sequence[np.ndarray], steps: int = 100, crop: int = 64,
               resume_from: Any = None) -> tuple[RensGAN, GANHistory]:
     """Train a :class:`RensGAN` on random ``crop`` px crops of RGB uint8 ``images`` for
     ``steps`` generator/discriminator updates (Adam, betas 0.5/0.999), or until
-    ``time_budget_s``. Returns the model (eval mode) and the per-step losses.
-    ``checkpoint_path`` gets the state after the first step, every 60 s and at the end
-    (both optimizers and every random generator); ``resume_from`` (a path, or ``"auto"``
-    for ``checkpoint_path`` when it exists) continues it with the same crops and noise."""
+    ``time_budget_s``, on the one training loop (:class:`GanStep`). Returns the model
+    (eval mode) and the per-step losses. ``checkpoint_path`` gets the state after the
+    first step, every 60 s, at the end and on Ctrl-C (both optimizers and every random
+    generator); ``resume_from`` (a path, or ``"auto"`` for ``checkpoint_path`` when it
+    exists) continues it with the same crops and noise. Under torchrun each rank draws its
+    own crops and the gradients are averaged over the ranks."""
     if not images:
         raise ValueError("train_gan needs at least one image.")
     if crop % 2:
         raise ValueError(f"crop must be even, got {crop}.")
     torch.manual_seed(seed)
     device = torch.device(device)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     gan = RensGAN(channels, blocks, vgg_weights, seed).to(device).train()
-    g_params = [*gan.g_noise.parameters(), *gan.g_resolution.parameters()]
-    opt_g = torch.optim.Adam(g_params, lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
-    history = GANHistory(feature_weights=gan.features.weights)
-    t0, last_save = time.perf_counter(), None
-    state = _GanState(gan, opt_g, opt_d, rng, gen, history)
-    start = state.load(resolve_resume(resume_from, Path(checkpoint_path) if checkpoint_path else None))
-    for step in range(start, int(steps)):
-        real = random_crops(images, batch_size, crop, rng).to(device)
-        noisy, clean_lr = degrade(real, noise_std, gen)
-        loss_g, fake, row = _generator_loss(gan, noisy, clean_lr, real, adv_weight, feature_weight)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        loss_d = _discriminator_loss(gan, real, fake)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        history.rows.append({"step": step + 1, **row, "discriminator": float(loss_d.detach())})
-        if checkpoint_path is not None and (last_save is None or time.perf_counter() - last_save > 60):
-            state.save(checkpoint_path)
-            last_save = time.perf_counter()
-        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
-            break
-    history.seconds = time.perf_counter() - t0
-    if checkpoint_path is not None and history.rows:
-        state.save(checkpoint_path)
+    step = GanStep(gan, images, lr=lr, batch_size=batch_size, crop=crop, noise_std=noise_std,
+                   adv_weight=adv_weight, feature_weight=feature_weight, seed=seed + ddp.rank())
+    hooks = ([CheckpointHook(checkpoint_path, None, every_s=60.0, at="step")]
+             if checkpoint_path is not None else [])
+    resume = resolve_resume(resume_from, Path(checkpoint_path) if checkpoint_path else None)
+    loop = TrainLoop(gan, step, [None] * int(steps), max_steps=int(steps),
+                     time_budget_s=time_budget_s, hooks=hooks, device=device,
+                     plan=device_plan(device, False, False), resume_from=resume,
+                     progress=False, wrap_ddp=False)
+    state = loop.run()
+    history = GANHistory(rows=[{k: v for k, v in r.items() if k not in ("epoch", "images", "lr")}
+                               for r in state.rows],
+                         seconds=loop.elapsed(), feature_weights=gan.features.weights)
     return gan.eval(), history
-
-
-@dataclass
-class _GanState:
-    """What :func:`train_gan` needs to stop and continue exactly."""
-
-    gan: RensGAN
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    rng: np.random.Generator
-    gen: torch.Generator
-    history: GANHistory
-
-    def save(self, path: Any) -> None:
-        save_checkpoint(path, self.gan, None, self.opt_g, history=self.history.rows,
-                        extra={"step": len(self.history.rows),
-                               "numpy_rng": json.dumps(self.rng.bit_generator.state)},
-                        rng=rng_state(), states={"opt_d": self.opt_d.state_dict(),
-                                                 "crop_noise": self.gen.get_state()})
-
-    def load(self, path: Optional[Path]) -> int:
-        """The step to continue from (0 without a checkpoint)."""
-        if path is None:
-            return 0
-        ckpt = load_checkpoint(path, self.gan, optimizer=self.opt_g)
-        self.opt_d.load_state_dict(ckpt["states"]["opt_d"])
-        self.gen.set_state(ckpt["states"]["crop_noise"])
-        self.rng.bit_generator.state = json.loads(ckpt["extra"]["numpy_rng"])
-        set_rng_state(ckpt["rng_state"])
-        self.history.rows = list(ckpt.get("history") or [])
-        return int(ckpt["extra"]["step"])
 
 
 @torch.no_grad()
