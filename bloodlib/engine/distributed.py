@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main",
            "distributed_loader", "wrap_model", "mean_over_ranks",
-           "any_rank", "average_gradients", "barrier", "shutdown", "local_device"]
+           "any_rank", "average_gradients", "average_buffers", "barrier", "shutdown", "local_device"]
 
 
 def is_distributed() -> bool:
@@ -133,6 +133,17 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= n
+
+
+def average_buffers(module: nn.Module) -> None:
+    """Float buffers (batch-norm running statistics) averaged over the ranks, so that
+    ranks that bypass DDP's buffer broadcast keep the same model."""
+    if not is_distributed():
+        return
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= world_size()
 
 
 def any_rank(flag: bool) -> bool:

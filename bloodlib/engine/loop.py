@@ -525,6 +525,8 @@ class TrainLoop:
             hook.before_step(self)
         lr = self.step_fn.optimizer.param_groups[0]["lr"]
         values = self.step_fn.run(self, batch)
+        if self.average_gradients:
+            ddp.average_buffers(self.module)
         n = int(values.pop("n", 1))
         values = ddp.mean_over_ranks({k: _number(v) for k, v in values.items()})
         loss = values.get("loss")
