@@ -1,4 +1,4 @@
-"""Command line: ``python -m bloodlib {run,bench,fetch,verify,datasets,predict,export,report,zoo,models,board}``."""
+"""Command line: ``python -m bloodlib {run,train,bench,fetch,verify,datasets,predict,export,report,zoo,models,board}``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       parameters={"RESUME": True} if args.resume else None,
                       timeout_s=args.timeout)
     return 0 if runs and all(r.ok for r in runs) else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training_cli import train_experiment
+    metrics = train_experiment(args.experiment, model=args.model, profile=args.profile,
+                               out=args.out, overrides=args.overrides, instant=args.instant,
+                               store_as=args.store, resume=args.resume, seed=args.seed,
+                               device=args.device)
+    return 0 if metrics is not None else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -169,6 +178,10 @@ EXAMPLES = """examples:
   bloodlib run --profile quick              execute every notebook (outputs/quick/, with the
                                             summary and the results board)
   bloodlib run 05 --profile bench_cpu       one notebook in another profile
+  bloodlib train mcnet --profile full --instant
+                                            a full-profile detector, 3 steps, on a CPU
+  torchrun --nproc-per-node 4 -m bloodlib train wcsegnet --profile full
+                                            paper 5's protocol on 4 GPUs (DDP)
   bloodlib bench 05 latency                 benchmark notebook 05 and prediction latency;
                                             results JSON go to results/reference/
   bloodlib models                           list trained models in the store
@@ -198,6 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the trainings an "
                      "interrupted run left in the output folder's checkpoints/")
     run.set_defaults(func=_cmd_run)
+
+    train = sub.add_parser(
+        "train", help="train one experiment's model outside its notebook (also under torchrun)",
+        description="Train EXPERIMENT's model with a profile and KEY=VALUE overrides, evaluate "
+                    "it on the test split and write its results JSON to OUT/results. Runs the "
+                    "same under 'torchrun --nproc-per-node N -m bloodlib train ...' "
+                    "(DistributedDataParallel, rank 0 writes).")
+    train.add_argument("experiment", help="mcnet, wbc_classification, wcsegnet, unet_family, "
+                                          "blood_cancer")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="profile settings, Python literals (iterations=5000 lr=0.01)")
+    train.add_argument("--model", help="which model (default: the experiment's main one)")
+    train.add_argument("--profile", choices=PROFILE_NAMES, default="full")
+    train.add_argument("--out", help="output folder (default outputs/train/<experiment>)")
+    train.add_argument("--instant", action="store_true",
+                       help="two or three steps on a handful of images: checks a profile "
+                            "(e.g. full on a CPU) end to end in seconds to minutes")
+    train.add_argument("--store", metavar="NAME", help="save the model into the store as NAME")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from OUT/checkpoints/")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.set_defaults(func=_cmd_train)
 
     bench = sub.add_parser("bench", help="run notebooks in a benchmark profile and publish "
                                          "their results JSON to results/reference/")

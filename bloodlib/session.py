@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from . import config, runtime
+from .engine import distributed as ddp
 
 
 @dataclass
@@ -61,8 +62,9 @@ class NotebookRun:
                experiment: Optional[str] = None, config: Optional[Mapping[str, Any]] = None,
                notes: str = "", model: Optional[str] = None,
                extra: Optional[Mapping[str, Any]] = None) -> Path:
-        """Write a results JSON for this run (one call per result table row group)."""
-        from .results import make_result, write_result
+        """Write a results JSON for this run (one call per result table row group); under
+        torchrun only rank 0 writes (the others return the path it writes)."""
+        from .results import make_result, result_filename, write_result
 
         cfg = {k: v for k, v in self.knobs.items() if k != "checkpoint_dir"}  # a local path
         cfg.update(config or {})
@@ -70,6 +72,8 @@ class NotebookRun:
                              {k: float(v) for k, v in metrics.items()}, cfg, self.seed,
                              self.profile, round(self.elapsed_s, 2), device=str(self.device),
                              notes=notes, model=model, extra=dict(extra or {}))
+        if not ddp.is_main():
+            return self.results_dir / result_filename(result)
         path = write_result(result, self.results_dir)
         self.results.append(path)
         return path
@@ -85,19 +89,20 @@ def start(experiment: str, profile: str = "quick", device: str = "auto", seed: i
     finds the datasets there. Trainings keep checkpoints in
     ``<output_dir>/checkpoints/<experiment>/`` (``knobs["checkpoint_dir"]``); with
     ``resume`` (a notebook's ``RESUME`` parameter) each continues its checkpoint there,
-    so a run that was interrupted picks up where it stopped.
+    so a run that was interrupted picks up where it stopped. Under torchrun it joins the
+    process group and each rank takes its own GPU.
     """
     knobs = config.get_profile(experiment, profile, **overrides)
     if data_dir:
         os.environ["BLOODLIB_DATA"] = str(Path(data_dir).expanduser().resolve())
     runtime.seed_everything(seed)
-    dev = runtime.get_device(device)
+    dev = ddp.local_device(device) if ddp.init_from_env() else runtime.get_device(device)
     out = Path(output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     knobs = MappingProxyType({**knobs, "checkpoint_dir": str(out / "checkpoints" / experiment),
                               "resume": bool(resume)})
     run = NotebookRun(experiment, profile, knobs, dev, seed, out)
-    if verbose:
+    if verbose and ddp.is_main():
         info = runtime.environment_info(dev)
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
         print(f"experiment={experiment} profile={profile} device={dev} seed={seed}")

@@ -64,3 +64,14 @@ def test_without_torchrun_the_helpers_are_no_ops():
     loader = DataLoader(list(range(4)), batch_size=2, shuffle=True)
     assert ddp.distributed_loader(loader) is loader
     assert ddp.mean_over_ranks({"loss": 2.0}) == {"loss": 2.0} and ddp.any_rank(True)
+
+
+def test_bloodlib_train_under_torchrun_writes_one_result(tmp_path):
+    """``torchrun -m bloodlib train``: two ranks train, rank 0 writes the results JSON."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", "-m", "bloodlib", "train", "wcsegnet",
+                           "--profile", "quick", "--instant", "--out", str(tmp_path)],
+                          env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list((tmp_path / "results").glob("*.json"))) == 1
+    assert done.stdout.count("wcsegnet wcsegnet (quick, instant)") == 1

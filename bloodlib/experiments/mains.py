@@ -1,0 +1,184 @@
+"""Each experiment's main training outside its notebook, for ``bloodlib train``.
+
+One function per experiment, registered in :data:`bloodlib.registry.TRAINERS`: it loads
+the experiment's data (or its synthetic stand-in when the dataset is missing), trains
+one model with the run's profile, evaluates it on the test split, writes the results JSON
+(``run.finish``; rank 0 only under torchrun) and, when asked, saves the model into the
+store. ``instant`` overrides shrink any profile to two or three optimisation steps on a
+handful of images, so a ``full`` configuration (full-size models at the paper's input
+size) is proven on a CPU in seconds: ``bloodlib train EXPERIMENT --profile full --instant``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from ..registry import TRAINERS
+from ..session import NotebookRun
+from ..models.detection import PAPER2_BACKBONES
+from . import blood_cancer as bc
+from . import maskrcnn_backbones as mb
+from . import mcnet_detection as mc
+from . import unet_family as uf
+from . import wbc_classification as wc
+from . import wbc_segmentation as wcs
+
+__all__ = ["train_mcnet", "train_wbc_classification", "train_wcsegnet", "train_unet_family",
+           "train_blood_cancer", "train_maskrcnn_backbones"]
+
+_SEG_INSTANT = {"epochs": 1, "max_train_batches": 2, "batch_size": 2, "time_budget_s": None}
+
+
+def _finish(run: NotebookRun, paper: str, dataset: str, split: str, model: str,
+            metrics: Mapping[str, float], source: str, extra: Mapping[str, Any]) -> None:
+    run.finish(paper=paper, dataset=dataset, split=split, model=model, metrics=metrics,
+               notes=f"data={source}; bloodlib train {run.experiment} --model {model} "
+                     f"--profile {run.profile}",
+               extra={"peak_rss_mb": wc.peak_rss_mb(), "entry": "bloodlib train", **extra})
+
+
+@TRAINERS.register(mc.EXPERIMENT, models=mc.MODELS, default_model="faster_rcnn", instant={
+    "max_train_images": 2, "max_val_images": 2, "max_test_images": 2, "iterations": 2,
+    "warmup_iters": 1, "time_budget_s": None, "eval_every_epochs": None, "synthetic_images": 8,
+    "yolo_epochs": 1, "yolo_time_budget_s": None})
+def train_mcnet(run: NotebookRun, model: str, store_as: Optional[str] = None) -> dict[str, float]:
+    """Paper 1: one detector on the profile's first dataset (BCCD), COCO metrics on test."""
+    knobs, seed = run.knobs, run.seed
+    dataset = knobs["datasets"][0]
+    splits, source = mc.load_splits(dataset, knobs, run.output_dir, seed)
+    masked = ({s: mc.add_masks(c) for s, c in splits.items()} if model in mc.MASK_MODELS
+              else None)
+    folder = run.output_dir / "preprocessed" / dataset
+    splits = mc.preprocess_images(splits, knobs["preprocessing"], folder)
+    masked = mc.preprocess_images(masked, knobs["preprocessing"], folder) if masked else splits
+    out = mc.train_and_evaluate(model, splits, masked, knobs, run.device, seed,
+                                run.output_dir / dataset, tag=dataset)
+    metrics = out.result_metrics()
+    _finish(run, "paper1", dataset, "test", model, metrics, source,
+            {"n_train": len(splits["train"]["images"]), "stop_reason": out.stop_reason,
+             "pretrained": out.pretrained})
+    if store_as:
+        print("stored:", mc.store_outcome(out, splits["train"], knobs, store_as))
+    return metrics
+
+
+_PBC_TASK = "paper1_80_20"
+
+
+@TRAINERS.register(wc.EXPERIMENT, models=tuple(wc.MODEL_LABELS) + ("efficientnet_lite0",),
+                   default_model="resnet50", instant={
+                       "max_per_class": 10, "synthetic_per_class": 10, "batch_size": 32, "val_fraction": 0.2,
+                       "epochs": {t: 1 for t in wc.PROTOCOLS},
+                       "time_budget_s": {t: None for t in wc.PROTOCOLS}})
+def train_wbc_classification(run: NotebookRun, model: str, store_as: Optional[str] = None
+                             ) -> dict[str, float]:
+    """Papers 1/2/4: PBC 8 classes under paper 1's stratified 80/20, accuracy and macro
+    F1 on test."""
+    knobs, seed = run.knobs, run.seed
+    pbc, _ = wc.drop_conflicting(wc.load_pbc_images(knobs, run.output_dir, seed))
+    parts = wc.protocol_split(pbc, _PBC_TASK, knobs, seed)
+    trained = wc.train_classifier(model, parts, wc.PBC8, knobs, _PBC_TASK, run.device, seed)
+    ev = wc.evaluate(trained.model, parts["test"], wc.PBC8, knobs["tta"])
+    metrics = ev.metrics()
+    _finish(run, "paper1", f"pbc_{_PBC_TASK}", "test", model, metrics, pbc.source,
+            {**trained.info, "n_test": len(parts["test"])})
+    if store_as:
+        from ..inference import save_model
+        training = {"dataset": pbc.source, "split": f"{_PBC_TASK} train", "profile": run.profile}
+        meta = wc.model_meta(trained, knobs, training, {"test_accuracy": ev.report.accuracy})
+        print("stored:", save_model(trained.model, store_as, meta))
+    return metrics
+
+
+@TRAINERS.register(wcs.EXPERIMENT, models=wcs.MODELS + ("lite_unet",), default_model="wcsegnet",
+                   instant={**_SEG_INSTANT, "max_train_images": 4, "max_val_images": 2,
+                            "max_test_images": 2, "synthetic_images": 40,
+                            "early_stopping_patience": None})
+def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
+                   ) -> dict[str, float]:
+    """Paper 5: nucleus segmentation on the profile's first Zheng set (Jiangxi)."""
+    knobs, seed = run.knobs, run.seed
+    dataset = knobs["datasets"][0]
+    records, _, source = wcs.load_or_synthesize(dataset, knobs, run.output_dir, seed)
+    parts = wcs.train_val_test(records, knobs, seed)
+    parts = {k: wcs.take_subset(v, knobs.get(f"max_{k}_images"), seed) for k, v in parts.items()}
+    trained, history, _ = wcs.train_model(model, parts["train"], parts["val"], knobs,
+                                          run.device, seed, dataset=dataset)
+    metrics = wcs.finite(wcs.evaluate(trained, parts["test"], knobs, run.device))
+    _finish(run, "paper5", dataset, "test", model, metrics, source,
+            {"epochs_run": history.last_epoch, "best_epoch": history.best_epoch,
+             "n_train": len(parts["train"])})
+    if store_as:
+        from ..inference import save_model
+        meta = wcs.checkpoint_meta(model, knobs, dataset=f"wbc_seg_zheng/{dataset}")
+        meta.pop("knobs"), meta.pop("model")
+        print("stored:", save_model(trained.cpu(), store_as, {**meta, "metrics": metrics}))
+    return metrics
+
+
+@TRAINERS.register(uf.EXPERIMENT, models=uf.MODELS, default_model="unet_relu",
+                   instant={**_SEG_INSTANT, "val_fraction": 0.3})
+def train_unet_family(run: NotebookRun, model: str, store_as: Optional[str] = None
+                      ) -> dict[str, float]:
+    """Paper 4 Table 5: whole-WBC segmentation on CellaVision (synthetic crops stand in
+    when it is missing)."""
+    knobs, seed = run.knobs, run.seed
+    records, _, source = wcs.load_or_synthesize("cellavision", {**knobs, "synthetic_images": 20},
+                                                run.output_dir, seed)
+    parts = wcs.train_val_test(records, knobs, seed)
+    trained, history, _ = uf.train_model(model, parts["train"], parts["val"], knobs, run.device,
+                                         seed, checkpoint_dir=run.output_dir / "checkpoints")
+    metrics = wcs.finite(uf.evaluate(trained, parts["test"], knobs, run.device))
+    _finish(run, uf.PAPER, "cellavision", "test", model, metrics, source,
+            {"paper_table": "table5", "paper_row": {"model": uf.MODEL_LABELS[model]},
+             "epochs_run": history.last_epoch, "best_epoch": history.best_epoch})
+    if store_as:
+        print(f"{run.experiment}: the model store takes WCSegNet-style models; not stored.")
+    return metrics
+
+
+@TRAINERS.register(bc.EXPERIMENT, models=("maskrcnn", "rmaskrcnn"), default_model="rmaskrcnn",
+                   instant={"max_train_images": 2, "max_val_images": 2, "train_steps": 2,
+                            "time_budget_s": None, "warmup_steps": 1, "synthetic_images": 4})
+def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = None
+                       ) -> dict[str, float]:
+    """Paper 3 Table 1: (R-)Mask R-CNN on SegPC-2021 train, matched-cell metrics on
+    validation."""
+    knobs, seed = run.knobs, run.seed
+    data = bc.load_data(knobs, run.output_dir, seed)
+    ev = bc.make_eval_set(data["val"], int(knobs["image_size"]))
+    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, seed)
+    metrics = bc.finite(out["metrics"])
+    _finish(run, "paper3", data["source"], "valid", model, metrics, data["source"],
+            {"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
+             "stop_reason": out["log"].stop_reason})
+    if store_as:
+        path = run.output_dir / "checkpoints" / f"{store_as}.pt"
+        bc.save_model(out["model"], path, knobs, metrics, f"{data['source']}/train")
+        print("saved:", path)
+    return metrics
+
+
+@TRAINERS.register(mb.EXPERIMENT, models=tuple(PAPER2_BACKBONES), default_model="resnet50",
+                   instant={"per_class": {"train": 1, "val": 1, "test": 1}, "iterations": 2,
+                            "warmup_iters": 1, "time_budget_s": None, "batch_size": 2})
+def train_maskrcnn_backbones(run: NotebookRun, model: str, store_as: Optional[str] = None
+                             ) -> dict[str, float]:
+    """Paper 2: Mask R-CNN on one backbone (``model``), auto-annotated PBC; Table 3
+    losses, Table 4 on validation, Table 5 on test."""
+    import math
+    knobs, seed = run.knobs, run.seed
+    splits, source = mb.load_data(knobs, run.output_dir, seed)
+    trained, training, val = mb.train_backbone(model, splits, knobs, run.device, seed)
+    res = mb.evaluate_backbone(trained, splits, knobs, run.device)
+    metrics = {**{f"val_{k}": v for k, v in res["table4"].items()},
+               **mb.table3_metrics(training.log, val, int(knobs.get("loss_tail", 20))),
+               **res["table5"], "train_seconds": training.seconds,
+               "inference_images_per_s": res["inference_images_per_s"]}
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    _finish(run, "paper2", "pbc", "test", f"mask_rcnn_{model}", metrics, source,
+            {"backbone": model, "pretrained": bool(trained.backbone_pretrained),
+             "iterations": training.iterations, "stop_reason": training.stop_reason})
+    if store_as:
+        print(f"{run.experiment}: use notebook 02 or bloodlib zoo to store detectors; not stored.")
+    return metrics

@@ -1,0 +1,84 @@
+"""Registries that low layers own and high layers fill (detectron2's ``Registry``).
+
+A registry maps names to objects; modules register into it when imported, and code
+below them looks names up without importing them::
+
+    TRAINERS = Registry("experiment trainer")
+
+    @TRAINERS.register("wcsegnet", instant={"epochs": 1})
+    def train_main(run, model=None): ...
+
+:data:`TRAINERS` holds each experiment's main training (``bloodlib train``); the
+experiments register theirs when :mod:`bloodlib.experiments` is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar
+
+T = TypeVar("T")
+
+__all__ = ["Registry", "TrainEntry", "TRAINERS"]
+
+
+class Registry(Generic[T]):
+    """Names -> objects, each name registered once; unknown names raise a KeyError that
+    lists the known ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def add(self, name: str, item: T) -> T:
+        if name in self._items and self._items[name] is not item:
+            raise KeyError(f"A {self.kind} named {name!r} is registered already.")
+        self._items[name] = item
+        return item
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(f"No {self.kind} named {name!r}; known: {sorted(self._items)}."
+                           ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+@dataclass(frozen=True)
+class TrainEntry:
+    """An experiment's main training: ``fn(run, model) -> metrics`` trains ``model``
+    (default ``default_model``; one of ``models``) with the run's knobs, evaluates it on
+    the test split and writes the results JSON. ``instant`` are the knob overrides that
+    shrink any profile to two optimisation steps on a handful of images (instant tests,
+    ``bloodlib train --instant``)."""
+
+    experiment: str
+    fn: Callable[..., Mapping[str, float]]
+    models: tuple[str, ...]
+    default_model: str
+    instant: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _Trainers(Registry[TrainEntry]):
+    def register(self, experiment: str, *, models: tuple[str, ...], default_model: str,
+                 instant: Optional[Mapping[str, Any]] = None
+                 ) -> Callable[[Callable[..., Mapping[str, float]]], Callable[..., Mapping[str, float]]]:
+        """Decorator: register ``fn`` as ``experiment``'s main training."""
+        def deco(fn: Callable[..., Mapping[str, float]]) -> Callable[..., Mapping[str, float]]:
+            self.add(experiment, TrainEntry(experiment, fn, tuple(models), default_model,
+                                            dict(instant or {})))
+            return fn
+        return deco
+
+
+#: Each experiment's main training, for ``bloodlib train EXPERIMENT``.
+TRAINERS = _Trainers("experiment trainer")

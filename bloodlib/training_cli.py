@@ -1,0 +1,51 @@
+"""``bloodlib train``: one experiment's main training outside its notebook.
+
+It looks the experiment up in :data:`bloodlib.registry.TRAINERS` (filled by
+:mod:`bloodlib.experiments.mains`), starts a session with the profile and the
+``KEY=VALUE`` overrides (``--instant`` adds the experiment's two-step overrides), and
+calls it. Under ``torchrun`` the session joins the process group, the training loop
+trains with DistributedDataParallel and only rank 0 writes results and models.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from . import session
+from .config import parse_overrides
+from .engine import distributed as ddp
+from .experiments import mains as _mains  # noqa: F401  (fills TRAINERS)
+from .registry import TRAINERS
+
+__all__ = ["train_experiment"]
+
+
+def train_experiment(experiment: str, *, model: Optional[str] = None, profile: str = "full",
+                     out: Any = None, overrides: Sequence[str] | Mapping[str, Any] = (),
+                     instant: bool = False, store_as: Optional[str] = None,
+                     resume: bool = False, seed: int = 0, device: str = "auto"
+                     ) -> Optional[dict[str, float]]:
+    """Train ``experiment``'s ``model`` (its default when None) with ``profile`` and
+    ``overrides`` (``KEY=VALUE`` strings or a dict); returns the test metrics (rank 0
+    prints them). ``instant`` shrinks the run to a few steps on a few images."""
+    entry = TRAINERS.get(experiment)
+    model = model or entry.default_model
+    if model not in entry.models:
+        raise ValueError(f"{experiment} has no model {model!r}; choose one of {entry.models}.")
+    knobs = dict(entry.instant) if instant else {}
+    knobs.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    out = Path(out) if out else Path("outputs") / "train" / experiment
+    run = session.start(experiment, profile, device=device, seed=seed, output_dir=out,
+                        resume=resume, verbose=not instant, **knobs)
+    t0, main = time.perf_counter(), ddp.is_main()
+    try:
+        metrics = dict(entry.fn(run, model, store_as if main else None))
+    finally:
+        ddp.shutdown()
+    if main:
+        shown = {k: round(v, 4) for k, v in metrics.items() if "/" not in k}
+        print(f"{experiment} {model} ({profile}{', instant' if instant else ''}): {shown}")
+        print(f"{time.perf_counter() - t0:.0f} s; results in {run.results_dir}")
+    return metrics
