@@ -66,16 +66,24 @@ class TrainEntry:
     models: tuple[str, ...]
     default_model: str
     instant: Mapping[str, Any] = field(default_factory=dict)
+    #: overrides that make the ``instant`` run train for about ``seconds`` (GPU check)
+    timed: Callable[[float], Mapping[str, Any]] = lambda seconds: {}
+    #: the optimisation steps of the notebook's run under a profile's knobs (projections)
+    planned_steps: Callable[[Mapping[str, Any]], int] = lambda knobs: 0
 
 
 class _Trainers(Registry[TrainEntry]):
     def register(self, experiment: str, *, models: tuple[str, ...], default_model: str,
-                 instant: Optional[Mapping[str, Any]] = None
+                 instant: Optional[Mapping[str, Any]] = None,
+                 timed: Optional[Callable[[float], Mapping[str, Any]]] = None,
+                 planned_steps: Optional[Callable[[Mapping[str, Any]], int]] = None
                  ) -> Callable[[Callable[..., Mapping[str, float]]], Callable[..., Mapping[str, float]]]:
-        """Decorator: register ``fn`` as ``experiment``'s main training."""
+        """Decorator: register ``fn`` as ``experiment``'s main training (see
+        :class:`TrainEntry` for the rest)."""
         def deco(fn: Callable[..., Mapping[str, float]]) -> Callable[..., Mapping[str, float]]:
+            extra = {k: v for k, v in (("timed", timed), ("planned_steps", planned_steps)) if v}
             self.add(experiment, TrainEntry(experiment, fn, tuple(models), default_model,
-                                            dict(instant or {})))
+                                            dict(instant or {}), **extra))
             return fn
         return deco
 

@@ -33,9 +33,14 @@ from .device import DevicePlan, device_plan
 from .rng import rng_state, set_rng_state
 
 __all__ = ["LoopState", "Hook", "TrainStep", "SupervisedStep", "LossDictStep", "TrainLoop",
-           "SchedulerHook", "CheckpointHook", "PeriodicEval", "warmup_scheduler",
+           "SchedulerHook", "CheckpointHook", "PeriodicEval", "warmup_scheduler", "RUN_LISTENERS",
            "move_to_device", "unpack_batch", "progress_bar", "targets_to_device",
            "images_to_device"]
+
+
+#: Called with each :class:`TrainLoop` when its ``run`` ends (also after an error);
+#: filled from above, e.g. by the GPU check, which reads the steps and seconds.
+RUN_LISTENERS: list[Callable[["TrainLoop"], None]] = []
 
 
 @dataclass
@@ -456,6 +461,7 @@ class TrainLoop:
         """Train; returns the final :class:`LoopState` (``stop_reason``: "completed",
         "time_budget" or a hook's reason)."""
         self._t0, self._seconds0 = time.monotonic(), self.state.seconds
+        self._start_step, self.steps_this_run = self.state.step, 0
         self.module.train()
         self.bar = progress_bar(None, self._total_steps(), self.desc, self.progress and ddp.is_main(),
                         leave=False)
@@ -472,9 +478,12 @@ class TrainLoop:
             self.state.seconds = self._seconds0 + self.elapsed()
             if self._stop is not None:
                 self.state.stop_reason = self._stop
+            self.steps_this_run = self.state.step - self._start_step
             for hook in self.hooks:
                 hook.after_train(self)
             self.bar.close()
+            for listener in RUN_LISTENERS:
+                listener(self)
         return self.state
 
     def _total_steps(self) -> Optional[int]:

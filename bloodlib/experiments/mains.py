@@ -27,6 +27,26 @@ __all__ = ["train_mcnet", "train_wbc_classification", "train_wcsegnet", "train_u
            "train_blood_cancer", "train_maskrcnn_backbones"]
 
 _SEG_INSTANT = {"epochs": 1, "max_train_batches": 2, "batch_size": 2, "time_budget_s": None}
+#: Training images of the notebooks' splits (for the GPU check's projected wall times):
+#: Zheng Jiangxi 300 and CellaVision 100 crops, 80 % train of which 85 % fit the model.
+_ZHENG_TRAIN_IMAGES = {"jiangxi": 204, "cellavision": 68}
+
+
+def _PBC_TRAIN_IMAGES(k: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(training images, models trained) per task of notebook 04 on PBC's 17,092 images
+    (10,298 of the five WBC types); 80/20 splits less the validation fraction."""
+    keep = 0.8 * (1 - float(k["val_fraction"]))
+    return {"wbc5": (int(10_298 * keep), len(k["wbc5_models"])),
+            "paper1_80_20": (int(17_092 * keep), 1), "paper2_300_100_100": (2400, 1)}
+
+
+def _per(value: Any, key: str) -> int:
+    """A knob that is one number or one per task/dataset."""
+    return int(value[key] if isinstance(value, Mapping) else value)
+
+
+def _torchvision(models: Any) -> int:
+    return sum(m != "yolov9" for m in models)
 
 
 def _finish(run: NotebookRun, paper: str, dataset: str, split: str, model: str,
@@ -40,7 +60,10 @@ def _finish(run: NotebookRun, paper: str, dataset: str, split: str, model: str,
 @TRAINERS.register(mc.EXPERIMENT, models=mc.MODELS, default_model="faster_rcnn", instant={
     "max_train_images": 2, "max_val_images": 2, "max_test_images": 2, "iterations": 2,
     "warmup_iters": 1, "time_budget_s": None, "eval_every_epochs": None, "synthetic_images": 8,
-    "yolo_epochs": 1, "yolo_time_budget_s": None})
+    "yolo_epochs": 1, "yolo_time_budget_s": None},
+    timed=lambda s: {"iterations": 10**6, "time_budget_s": s, "stages": None},
+    planned_steps=lambda k: int(k["iterations"]) * len(k["datasets"]) * _torchvision(k["models"])
+    + (int(k["pbc_iterations"]) * _torchvision(k["pbc_models"]) if k["pbc"] else 0))
 def train_mcnet(run: NotebookRun, model: str, store_as: Optional[str] = None) -> dict[str, float]:
     """Paper 1: one detector on the profile's first dataset (BCCD), COCO metrics on test."""
     knobs, seed = run.knobs, run.seed
@@ -69,7 +92,12 @@ _PBC_TASK = "paper1_80_20"
                    default_model="resnet50", instant={
                        "max_per_class": 10, "synthetic_per_class": 10, "batch_size": 32, "val_fraction": 0.2,
                        "epochs": {t: 1 for t in wc.PROTOCOLS},
-                       "time_budget_s": {t: None for t in wc.PROTOCOLS}})
+                       "time_budget_s": {t: None for t in wc.PROTOCOLS}},
+                   timed=lambda s: {"epochs": {t: 10**4 for t in wc.PROTOCOLS},
+                                    "time_budget_s": {t: s for t in wc.PROTOCOLS}},
+                   planned_steps=lambda k: sum(
+                       _per(k["epochs"], t) * -(-n // int(k["batch_size"])) * models
+                       for t, (n, models) in _PBC_TRAIN_IMAGES(k).items()))
 def train_wbc_classification(run: NotebookRun, model: str, store_as: Optional[str] = None
                              ) -> dict[str, float]:
     """Papers 1/2/4: PBC 8 classes under paper 1's stratified 80/20, accuracy and macro
@@ -93,7 +121,11 @@ def train_wbc_classification(run: NotebookRun, model: str, store_as: Optional[st
 @TRAINERS.register(wcs.EXPERIMENT, models=wcs.MODELS + ("lite_unet",), default_model="wcsegnet",
                    instant={**_SEG_INSTANT, "max_train_images": 4, "max_val_images": 2,
                             "max_test_images": 2, "synthetic_images": 40,
-                            "early_stopping_patience": None})
+                            "early_stopping_patience": None},
+                   timed=lambda s: {"epochs": 10**4, "time_budget_s": s},
+                   planned_steps=lambda k: sum(
+                       _per(k["epochs"], d) * -(-n // int(k["batch_size"])) * len(k["models"])
+                       for d, n in _ZHENG_TRAIN_IMAGES.items() if d in k["datasets"]))
 def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
                    ) -> dict[str, float]:
     """Paper 5: nucleus segmentation on the profile's first Zheng set (Jiangxi)."""
@@ -117,7 +149,10 @@ def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
 
 
 @TRAINERS.register(uf.EXPERIMENT, models=uf.MODELS, default_model="unet_relu",
-                   instant={**_SEG_INSTANT, "val_fraction": 0.3})
+                   instant={**_SEG_INSTANT, "val_fraction": 0.3},
+                   timed=lambda s: {"epochs": 10**4, "time_budget_s": s},
+                   planned_steps=lambda k: int(k["epochs"]) * len(k["models"]) * -(
+                       -_ZHENG_TRAIN_IMAGES["cellavision"] // int(k["batch_size"])))
 def train_unet_family(run: NotebookRun, model: str, store_as: Optional[str] = None
                       ) -> dict[str, float]:
     """Paper 4 Table 5: whole-WBC segmentation on CellaVision (synthetic crops stand in
@@ -139,7 +174,11 @@ def train_unet_family(run: NotebookRun, model: str, store_as: Optional[str] = No
 
 @TRAINERS.register(bc.EXPERIMENT, models=("maskrcnn", "rmaskrcnn"), default_model="rmaskrcnn",
                    instant={"max_train_images": 2, "max_val_images": 2, "train_steps": 2,
-                            "time_budget_s": None, "warmup_steps": 1, "synthetic_images": 4})
+                            "time_budget_s": None, "warmup_steps": 1, "synthetic_images": 4},
+                   timed=lambda s: {"train_steps": 10**6, "time_budget_s": s},
+                   planned_steps=lambda k: 3 * int(k["train_steps"])
+                   + int(k["ablation_steps"]) * len(k["ablation_variants"]) + int(k["unet_steps"])
+                   + int(k["gan_steps"]))
 def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = None
                        ) -> dict[str, float]:
     """Paper 3 Table 1: (R-)Mask R-CNN on SegPC-2021 train, matched-cell metrics on
@@ -161,7 +200,9 @@ def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = N
 
 @TRAINERS.register(mb.EXPERIMENT, models=tuple(PAPER2_BACKBONES), default_model="resnet50",
                    instant={"per_class": {"train": 1, "val": 1, "test": 1}, "iterations": 2,
-                            "warmup_iters": 1, "time_budget_s": None, "batch_size": 2})
+                            "warmup_iters": 1, "time_budget_s": None, "batch_size": 2},
+                   timed=lambda s: {"iterations": 10**6, "time_budget_s": s},
+                   planned_steps=lambda k: int(k["iterations"]) * len(k["backbones"]))
 def train_maskrcnn_backbones(run: NotebookRun, model: str, store_as: Optional[str] = None
                              ) -> dict[str, float]:
     """Paper 2: Mask R-CNN on one backbone (``model``), auto-annotated PBC; Table 3
