@@ -200,6 +200,9 @@ class YoloTraining:
 
 
 def _device_arg(device: Any) -> str:
+    """ultralytics' device argument: "cpu", "0", or several GPUs ("0,1" from [0, 1])."""
+    if isinstance(device, (list, tuple)):
+        return ",".join(str(d) for d in device)
     d = str(device)
     return "cpu" if d == "cpu" else ("0" if d in ("cuda", "cuda:0") else d.replace("cuda:", ""))
 

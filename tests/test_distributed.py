@@ -75,3 +75,11 @@ def test_bloodlib_train_under_torchrun_writes_one_result(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(list((tmp_path / "results").glob("*.json"))) == 1
     assert done.stdout.count("wcsegnet wcsegnet (quick, instant)") == 1
+
+
+def test_yolo_trains_on_several_gpus_through_ultralytics_device_list():
+    """YOLO uses ultralytics' own multi-GPU training: mcnet's ``yolo_devices=[0, 1]``."""
+    from bloodlib.config import get_profile
+    from bloodlib.yolo import _device_arg
+    assert _device_arg([0, 1]) == "0,1" and _device_arg("cuda") == "0" and _device_arg("cpu") == "cpu"
+    assert get_profile("mcnet", "full", yolo_devices=[0, 1])["yolo_devices"] == [0, 1]

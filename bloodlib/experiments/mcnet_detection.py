@@ -72,7 +72,9 @@ _COMMON = {"models": list(MODELS), "aspect_ratios": [0.5, 1.0, 2.0], "anchor_siz
            "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 10.0, "score_threshold": 0.5,
            "iou_threshold": 0.5, "num_workers": 0, "hflip": 0.5, "vflip": 0.5,
            "txl_val_fraction": 0.1, "yolo_model": "yolov9t", "samples_per_grid": 3,
-           "store_model": False}
+           "store_model": False,
+           # ultralytics' own multi-GPU training: e.g. [0, 1] or "0,1" (None: the run's device)
+           "yolo_devices": None}
 register(EXPERIMENT, {
     # ~3 min on 2 cores: BCCD subset, MobileNetV3 backbone at 256 px, seconds per model
     "quick": {**_COMMON, "datasets": ["bccd"], "backbone": "mobilenet_v3_large",
@@ -372,7 +374,8 @@ def train_yolo_model(splits: Mapping[str, dict], knobs: Mapping[str, Any], devic
     return yolo.train_yolo(data_yaml, knobs.get("yolo_model", "yolov9t"),
                            epochs=int(epochs or knobs["yolo_epochs"]),
                            imgsz=int(imgsz or knobs["yolo_imgsz"]), batch=int(knobs["yolo_batch"]),
-                           device=device, seed=seed, time_budget_s=budget,
+                           device=knobs.get("yolo_devices") or device, seed=seed,
+                           time_budget_s=budget,
                            pretrained=knobs.get("pretrained", "auto"), project=work / "yolo_runs",
                            run_name=run_name, n_train_images=len(splits["train"]["images"]),
                            resume=bool(knobs.get("resume")),
