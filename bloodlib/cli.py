@@ -21,7 +21,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from .training_cli import train_experiment
+    if args.sync_batchnorm:
+        os.environ["BLOODLIB_SYNC_BATCHNORM"] = "1"  # read by every training loop
     metrics = train_experiment(args.experiment, model=args.model, profile=args.profile,
                                out=args.out, overrides=args.overrides, instant=args.instant,
                                store_as=args.store, resume=args.resume, seed=args.seed,
@@ -231,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--store", metavar="NAME", help="save the model into the store as NAME")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from OUT/checkpoints/")
+    train.add_argument("--sync-batchnorm", action="store_true",
+                       help="under torchrun on GPUs: batch-norm statistics over all ranks")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.set_defaults(func=_cmd_train)

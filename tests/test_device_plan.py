@@ -61,3 +61,24 @@ def test_fit_and_train_detector_take_their_settings_from_the_plan(monkeypatch):
     det.train_detector(ToyDetector(), _loader(), iterations=1, warmup_iters=0, amp="fp16",
                        progress=False)
     assert asked == [("cpu", "bf16"), ("cpu", "fp16")]
+
+
+def test_the_loop_pins_loader_memory_when_the_plan_says_so():
+    """Pinned host memory is a CUDA-only branch: the plan turns it on, the loop rebuilds
+    the loader with it and keeps the sampler (and so the resumable shuffle order)."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bloodlib.engine.device import DevicePlan
+    from bloodlib.engine.loop import SupervisedStep, TrainLoop
+    data = TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    loader = DataLoader(data, batch_size=4, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    model = nn.Linear(4, 2)
+    step = SupervisedStep(nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1))
+    pinned = DevicePlan(torch.device("cpu"), None, False, pin_memory=True)
+    loop = TrainLoop(model, step, loader, max_steps=1, plan=pinned, progress=False)
+    assert loop.loader.pin_memory and loop.loader.sampler is loader.sampler
+    plain = DevicePlan(torch.device("cpu"), None, False, pin_memory=False)
+    assert TrainLoop(model, step, loader, max_steps=1, plan=plain).loader is loader

@@ -96,20 +96,25 @@ def _has_frozen(model: nn.Module) -> bool:
 
 
 
-def distributed_loader(loader: Any, seed: int = 0) -> Any:
-    """The same DataLoader with a :class:`DistributedSampler`, so each rank reads its own
-    1/N of every epoch (shuffled when the original was). Loaders that are not
-    DataLoaders (lists of batches) are returned as they are, and so is everything when
-    not distributed."""
-    if not is_distributed() or not isinstance(loader, DataLoader) or loader.batch_size is None:
+def distributed_loader(loader: Any, seed: int = 0, pin_memory: bool = False) -> Any:
+    """``loader`` as the device and the process group want it: under torchrun the same
+    DataLoader with a :class:`DistributedSampler`, so each rank reads its own 1/N of every
+    epoch (shuffled when the original was); with ``pin_memory`` (CUDA, from the device
+    plan) in pinned host memory, the sampler kept. Loaders that are not DataLoaders (lists
+    of batches) and loaders that need no change are returned as they are."""
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:
         return loader
-    shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed,
-                                 drop_last=loader.drop_last)
+    distributed = is_distributed()
+    if not distributed and (not pin_memory or loader.pin_memory):
+        return loader
+    sampler = loader.sampler
+    if distributed:
+        sampler = DistributedSampler(loader.dataset, shuffle=isinstance(sampler, RandomSampler),
+                                     seed=seed, drop_last=loader.drop_last)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      worker_init_fn=loader.worker_init_fn,
+                      pin_memory=pin_memory or loader.pin_memory, drop_last=loader.drop_last,
+                      worker_init_fn=loader.worker_init_fn, generator=loader.generator,
                       persistent_workers=loader.persistent_workers if loader.num_workers else False)
 
 

@@ -20,6 +20,7 @@ channels-last on CUDA, :mod:`bloodlib.engine.device`); DistributedDataParallel u
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -395,7 +396,8 @@ class TrainLoop:
     ``partial_epoch=True`` a stop inside an epoch still ends it (its hooks run: ``fit``
     validates the partial epoch). ``resume_from`` is a checkpoint written by
     :meth:`save` (a :class:`CheckpointHook`). Under torchrun the model is wrapped in
-    DDP (``sync_batchnorm`` optional) and the loader gets a distributed sampler; with
+    DDP (``sync_batchnorm``, by default from ``$BLOODLIB_SYNC_BATCHNORM``) and the loader
+    gets a distributed sampler (and pinned memory where the device plan says so); with
     ``wrap_ddp=False`` (a step that calls sub-modules, as the GAN's) the gradients are
     averaged over the ranks after each backward instead."""
 
@@ -405,7 +407,7 @@ class TrainLoop:
                  time_budget_s: Optional[float] = None, hooks: Sequence[Hook] = (),
                  device: Any = "cpu", plan: Optional[DevicePlan] = None,
                  resume_from: Any = None, progress: bool = True, desc: str = "train",
-                 partial_epoch: bool = False, sync_batchnorm: bool = False,
+                 partial_epoch: bool = False, sync_batchnorm: Optional[bool] = None,
                  wrap_ddp: bool = True, seed: int = 0) -> None:
         if max_steps is None and max_epochs is None:
             raise ValueError("Give max_steps or max_epochs.")
@@ -415,11 +417,13 @@ class TrainLoop:
         self.module = model.to(self.device)
         if self.plan.channels_last:
             self.module.to(memory_format=torch.channels_last)
+        if sync_batchnorm is None:
+            sync_batchnorm = os.environ.get("BLOODLIB_SYNC_BATCHNORM", "") not in ("", "0")
         self.model = (ddp.wrap_model(self.module, self.device, sync_batchnorm) if wrap_ddp
                       else self.module)
         #: Steps that call sub-modules (a GAN) average the gradients over the ranks themselves.
         self.average_gradients = ddp.is_distributed() and not wrap_ddp
-        self.loader = ddp.distributed_loader(loader, seed)
+        self.loader = ddp.distributed_loader(loader, seed, self.plan.pin_memory)
         self.step_fn, self.hooks = step, list(hooks)
         self.max_steps, self.max_epochs = max_steps, max_epochs
         self.batches_per_epoch, self.time_budget_s = batches_per_epoch, time_budget_s
