@@ -83,3 +83,17 @@ def test_yolo_trains_on_several_gpus_through_ultralytics_device_list():
     from bloodlib.yolo import _device_arg
     assert _device_arg([0, 1]) == "0,1" and _device_arg("cuda") == "0" and _device_arg("cpu") == "cpu"
     assert get_profile("mcnet", "full", yolo_devices=[0, 1])["yolo_devices"] == [0, 1]
+
+
+def test_step_counted_schedules_see_each_ranks_share(monkeypatch):
+    """A schedule over epochs x batches must count one rank's batches under torchrun."""
+    from torch.utils.data import DataLoader
+
+    from bloodlib.engine import distributed as ddp
+    loader = DataLoader(list(range(10)), batch_size=2, shuffle=True)
+    assert ddp.batches_per_rank(loader) == 5
+    monkeypatch.setattr(ddp, "is_distributed", lambda: True)
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
+    assert ddp.batches_per_rank(loader) == 3  # 5 samples per rank in batches of 2
+    drop = DataLoader(list(range(10)), batch_size=2, drop_last=True)
+    assert ddp.batches_per_rank(drop) == 2

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main",
-           "distributed_loader", "wrap_model", "mean_over_ranks",
+           "distributed_loader", "batches_per_rank", "wrap_model", "mean_over_ranks",
            "any_rank", "average_gradients", "average_buffers", "barrier", "shutdown", "local_device"]
 
 
@@ -116,6 +116,17 @@ def distributed_loader(loader: Any, seed: int = 0, pin_memory: bool = False) -> 
                       pin_memory=pin_memory or loader.pin_memory, drop_last=loader.drop_last,
                       worker_init_fn=loader.worker_init_fn, generator=loader.generator,
                       persistent_workers=loader.persistent_workers if loader.num_workers else False)
+
+
+def batches_per_rank(loader: Any) -> int:
+    """Batches one rank draws per epoch once :func:`distributed_loader` has split the data
+    (``len(loader)`` on one process), for schedules counted in steps."""
+    n = len(loader)
+    if not is_distributed() or not isinstance(loader, DataLoader) or loader.batch_size is None:
+        return n
+    per_rank = -(-len(loader.dataset) // world_size())
+    bs = loader.batch_size
+    return per_rank // bs if loader.drop_last else -(-per_rank // bs)
 
 
 def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:

@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import register
+from ..engine import distributed as ddp
 from ..engine.checkpoint import resolve_resume, run_checkpoint
 from ..engine.device import device_plan
 from ..engine.loop import CheckpointHook, LossDictStep, SchedulerHook, TrainLoop
@@ -700,7 +701,7 @@ def train_dcnn(crops: Sequence[np.ndarray], labels: Sequence[str], knobs: Mappin
         if torch.rand(1) < 0.5:
             xb = xb.flip(3)
         return {"cross_entropy": ce(m(xb.to(dev)), yb.to(dev))}
-    steps = int(knobs["cls_epochs"]) * len(loader)
+    steps = int(knobs["cls_epochs"]) * ddp.batches_per_rank(loader)
     log = train_steps(model, loader, fn, {**knobs, "optimizer": "adamw", "warmup_steps": 1},
                       steps, knobs["cls_time_budget_s"], device,
                       label=f"classifier_{len(x)}crops_s{seed}")

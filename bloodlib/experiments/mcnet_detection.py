@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import register
+from ..engine import distributed as ddp
 from ..metrics.detection import detection_roc  # noqa: F401  (notebook 01 calls mc.detection_roc)
 
 EXPERIMENT = "mcnet"
@@ -324,7 +325,7 @@ def train_model(kind: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
     evaluate, every = None, None
     if knobs.get("eval_every_epochs") and val and val["images"]:
         val_loader = make_loader(val, knobs, False, False, seed)
-        every = max(1, int(knobs["eval_every_epochs"]) * len(loader))
+        every = max(1, int(knobs["eval_every_epochs"]) * ddp.batches_per_rank(loader))
 
         def evaluate(m):
             return {"AP50": evaluate_detector(m, val_loader, val, "bbox", device=device).AP50}

@@ -87,6 +87,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import register
+from ..engine import distributed as ddp
 from ..data.parsers.pbc import PBC_CLASSES
 from ..errors import DatasetIntegrityError, DatasetNotFoundError
 from ..runtime import cpu_has_bf16
@@ -553,7 +554,7 @@ def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequen
     budget = _per_task(knobs, "time_budget_s", task)
     opt = make_optimizer(model, knobs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, ProgressCosine(
-        epochs * len(train_loader), budget, float(knobs["warmup_fraction"]),
+        epochs * ddp.batches_per_rank(train_loader), budget, float(knobs["warmup_fraction"]),
         float(knobs["min_lr_fraction"])))
     loss = nn.CrossEntropyLoss(label_smoothing=float(knobs["label_smoothing"]))
     amp = resolve_amp(knobs.get("amp", "auto"), device)
