@@ -80,6 +80,7 @@ def test_bloodlib_train_under_torchrun_writes_one_result(tmp_path):
 def test_yolo_trains_on_several_gpus_through_ultralytics_device_list():
     """YOLO uses ultralytics' own multi-GPU training: mcnet's ``yolo_devices=[0, 1]``."""
     from bloodlib.config import get_profile
+    from bloodlib.experiments import mcnet_detection  # noqa: F401  (registers its profiles)
     from bloodlib.yolo import _device_arg
     assert _device_arg([0, 1]) == "0,1" and _device_arg("cuda") == "0" and _device_arg("cpu") == "cpu"
     assert get_profile("mcnet", "full", yolo_devices=[0, 1])["yolo_devices"] == [0, 1]
