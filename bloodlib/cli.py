@@ -36,7 +36,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .notebooks import REFERENCE_DIR, bench
 
-    names = [n for n in args.notebooks if n not in ("latency", "predict")]
+    overrides = [n for n in args.notebooks if "=" in n]
+    names = [n for n in args.notebooks if "=" not in n]
+    if names and not names[0][:1].isdigit() and names[0] not in ("latency", "predict"):
+        return _cmd_bench_experiment(args, names, overrides)
+    if overrides or args.model or args.budget:
+        raise SystemExit("KEY=VALUE, --model and --budget are for one experiment "
+                         "(bloodlib bench EXPERIMENT ...), not for notebooks.")
+    names = [n for n in names if n not in ("latency", "predict")]
     status = _cmd_latency(args) if "latency" in args.notebooks else 0
     status |= _cmd_predict_scale(args) if "predict" in args.notebooks else 0
     if not names:
@@ -45,6 +52,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                  Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR,
                  resume=args.resume)
     return status | (0 if runs and all(r.ok for r in runs) else 1)
+
+
+def _cmd_bench_experiment(args: argparse.Namespace, names: list[str],
+                          overrides: list[str]) -> int:
+    from .training_cli import bench_experiment
+    if len(names) > 1:
+        raise SystemExit(f"One experiment at a time, got {names}.")
+    metrics = bench_experiment(names[0], model=args.model, budget_s=args.budget,
+                               overrides=overrides, profile=args.profile, threads=args.threads,
+                               variant=args.variant or "", out=args.out,
+                               reference_dir=args.reference_dir, store_as=args.store,
+                               resume=args.resume, seed=args.seed,
+                               publish=not args.no_publish)
+    return 0 if metrics is not None else 1
 
 
 def _run_store_benchmark(args: argparse.Namespace, runner: Any, label: str) -> int:
@@ -241,11 +262,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto")
     train.set_defaults(func=_cmd_train)
 
-    bench = sub.add_parser("bench", help="run notebooks in a benchmark profile and publish "
-                                         "their results JSON to results/reference/")
-    bench.add_argument("notebooks", nargs="+", help="notebook numbers or names, and/or "
-                                                    "'latency' (prediction latency benchmark), "
-                                                    "'predict' (prediction at scale)")
+    bench = sub.add_parser(
+        "bench", help="run a benchmark and publish its results JSON to results/reference/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmarks, each publishing its results JSON (with the command) to "
+                    "results/reference/ and rebuilding the board:\n"
+                    "  bloodlib bench 05 [03 ...]         notebooks in a profile (bench_cpu)\n"
+                    "  bloodlib bench EXPERIMENT [KEY=VALUE ...] [--model M] [--budget S]\n"
+                    "                                     one model of an experiment: mcnet,\n"
+                    "                                     maskrcnn_backbones, blood_cancer,\n"
+                    "                                     wbc_classification, unet_family, wcsegnet\n"
+                    "  bloodlib bench latency | predict   prediction latency / at scale\n"
+                    "Commands of the committed benchmarks: benchmarks/README.md.")
+    bench.add_argument("notebooks", nargs="+", metavar="WHAT",
+                       help="notebook numbers or names; or one experiment with KEY=VALUE "
+                            "overrides; or 'latency', 'predict'")
+    bench.add_argument("--model", help="experiment: which model (default: its main one)")
+    bench.add_argument("--budget", type=float, metavar="S",
+                       help="experiment: training wall-time budget in seconds")
+    bench.add_argument("--threads", type=int, help="experiment: torch threads")
+    bench.add_argument("--variant", help="experiment: label of a run beside the main one on "
+                                         "the board (extra.variant)")
+    bench.add_argument("--store", metavar="NAME", help="experiment: save the model as NAME")
+    bench.add_argument("--seed", type=int, default=0, help="experiment: training seed")
+    bench.add_argument("--no-publish", action="store_true",
+                       help="experiment: keep the results in --out only")
     bench.add_argument("--profile", choices=PROFILE_NAMES, default="bench_cpu")
     bench.add_argument("--out")
     bench.add_argument("--reference-dir")
@@ -323,7 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides after options (bloodlib bench X --budget 60 lr=0.1)
+        if args.command not in ("bench", "train") or not all("=" in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        positional = "notebooks" if args.command == "bench" else "overrides"
+        setattr(args, positional, [*getattr(args, positional), *extra])
     try:
         return args.func(args)
     except BloodlibError as exc:

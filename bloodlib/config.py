@@ -16,6 +16,8 @@ import ast
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from .errors import SettingError
+
 PROFILE_NAMES = ("quick", "bench_cpu", "full")
 
 # experiment -> profile -> knobs.  Later experiments register theirs with `register`.
@@ -48,13 +50,13 @@ def get_profile(experiment: str, profile: str = "quick", **overrides: Any) -> Ma
     valid ones, so a typo in a notebook's parameters fails loudly.
     """
     if profile not in PROFILE_NAMES:
-        raise ValueError(f"Unknown profile {profile!r}; choose one of {PROFILE_NAMES}.")
+        raise SettingError(f"Unknown profile {profile!r}; choose one of {PROFILE_NAMES}.")
     if experiment not in _PROFILES:
-        raise ValueError(f"Unknown experiment {experiment!r}; known: {experiments()}.")
+        raise SettingError(f"Unknown experiment {experiment!r}; known: {experiments()}.")
     knobs = dict(_PROFILES[experiment][profile])
     unknown = set(overrides) - set(knobs)
     if unknown:
-        raise ValueError(f"Unknown setting(s) {sorted(unknown)} for {experiment!r}; "
+        raise SettingError(f"Unknown setting(s) {sorted(unknown)} for {experiment!r}; "
                          f"valid: {sorted(knobs)}.")
     knobs.update({k: v for k, v in overrides.items() if v is not None})
     knobs["profile"] = profile

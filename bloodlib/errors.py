@@ -76,3 +76,11 @@ class ReferenceTableError(BloodlibError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class SettingError(BloodlibError, KeyError, ValueError):
+    """An unknown experiment, model, profile or setting name (the message lists the known
+    ones)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

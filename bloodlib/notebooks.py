@@ -170,7 +170,7 @@ def _relative(path: Path) -> str:
 
 
 def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
-                      command: Optional[str] = None) -> list[Path]:
+                      command: Optional[str] = None, runner: str = "papermill") -> list[Path]:
     """Copy results JSON from a benchmark run into the committed reference folder.
 
     Each file gains a ``run`` block with the exact command that produced it.
@@ -180,8 +180,9 @@ def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
     written = []
     for src in sorted((Path(out_dir) / "results").glob("*.json")):
         data = json.loads(src.read_text())
-        data["run"] = {"command": command, "runner": "papermill",
-                       "executed_notebooks": _relative(Path(out_dir) / "notebooks")}
+        data["run"] = {"command": command, "runner": runner}
+        if runner == "papermill":
+            data["run"]["executed_notebooks"] = _relative(Path(out_dir) / "notebooks")
         dst = reference_dir / src.name
         dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         written.append(dst)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar
 
+from .errors import SettingError
+
 T = TypeVar("T")
 
 __all__ = ["Registry", "TrainEntry", "TRAINERS"]
@@ -40,8 +42,8 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(f"No {self.kind} named {name!r}; known: {sorted(self._items)}."
-                           ) from None
+            raise SettingError(f"No {self.kind} named {name!r}; known: "
+                               f"{sorted(self._items)}.") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -70,18 +72,22 @@ class TrainEntry:
     timed: Callable[[float], Mapping[str, Any]] = lambda seconds: {}
     #: the optimisation steps of the notebook's run under a profile's knobs (projections)
     planned_steps: Callable[[Mapping[str, Any]], int] = lambda knobs: 0
+    #: overrides that give the training a wall-time budget (``bloodlib bench --budget``)
+    budget: Callable[[float], Mapping[str, Any]] = lambda seconds: {"time_budget_s": seconds}
 
 
 class _Trainers(Registry[TrainEntry]):
     def register(self, experiment: str, *, models: tuple[str, ...], default_model: str,
                  instant: Optional[Mapping[str, Any]] = None,
                  timed: Optional[Callable[[float], Mapping[str, Any]]] = None,
-                 planned_steps: Optional[Callable[[Mapping[str, Any]], int]] = None
+                 planned_steps: Optional[Callable[[Mapping[str, Any]], int]] = None,
+                 budget: Optional[Callable[[float], Mapping[str, Any]]] = None
                  ) -> Callable[[Callable[..., Mapping[str, float]]], Callable[..., Mapping[str, float]]]:
         """Decorator: register ``fn`` as ``experiment``'s main training (see
         :class:`TrainEntry` for the rest)."""
         def deco(fn: Callable[..., Mapping[str, float]]) -> Callable[..., Mapping[str, float]]:
-            extra = {k: v for k, v in (("timed", timed), ("planned_steps", planned_steps)) if v}
+            extra = {k: v for k, v in (("timed", timed), ("planned_steps", planned_steps),
+                                       ("budget", budget)) if v}
             self.add(experiment, TrainEntry(experiment, fn, tuple(models), default_model,
                                             dict(instant or {}), **extra))
             return fn

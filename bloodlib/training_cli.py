@@ -16,10 +16,11 @@ from typing import Any, Mapping, Optional, Sequence
 from . import session
 from .config import parse_overrides
 from .engine import distributed as ddp
+from .errors import SettingError
 from .experiments import mains as _mains  # noqa: F401  (fills TRAINERS)
 from .registry import TRAINERS
 
-__all__ = ["train_experiment"]
+__all__ = ["train_experiment", "bench_experiment"]
 
 
 def train_experiment(experiment: str, *, model: Optional[str] = None, profile: str = "full",
@@ -33,7 +34,7 @@ def train_experiment(experiment: str, *, model: Optional[str] = None, profile: s
     entry = TRAINERS.get(experiment)
     model = model or entry.default_model
     if model not in entry.models:
-        raise ValueError(f"{experiment} has no model {model!r}; choose one of {entry.models}.")
+        raise SettingError(f"{experiment} has no model {model!r}; choose one of {entry.models}.")
     knobs = dict(entry.instant) if instant else {}
     knobs.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     out = Path(out) if out else Path("outputs") / "train" / experiment
@@ -48,4 +49,46 @@ def train_experiment(experiment: str, *, model: Optional[str] = None, profile: s
         shown = {k: round(v, 4) for k, v in metrics.items() if "/" not in k}
         print(f"{experiment} {model} ({profile}{', instant' if instant else ''}): {shown}")
         print(f"{time.perf_counter() - t0:.0f} s; results in {run.results_dir}")
+    return metrics
+
+
+def bench_experiment(experiment: str, *, model: Optional[str] = None, budget_s: Optional[float] = None,
+                     overrides: Sequence[str] | Mapping[str, Any] = (), profile: str = "bench_cpu",
+                     threads: Optional[int] = None, variant: str = "", out: Any = None,
+                     reference_dir: Any = None, store_as: Optional[str] = None,
+                     resume: bool = False, seed: int = 0, publish: bool = True
+                     ) -> Optional[dict[str, float]]:
+    """``bloodlib bench EXPERIMENT``: :func:`train_experiment` in a benchmark profile with
+    a wall-time budget (``budget_s``, mapped onto the experiment's budget knobs) and
+    ``threads`` torch threads; the results JSON gains ``variant`` (runs beside the main one
+    on the board) and is published to ``reference_dir`` (``results/reference``) with the
+    command that made it, and the board is rebuilt."""
+    import json
+
+    import torch
+
+    from .notebooks import PROJECT_ROOT, REFERENCE_DIR, publish_reference, write_reference_board
+    entry = TRAINERS.get(experiment)
+    model = model or entry.default_model
+    knobs = dict(entry.budget(float(budget_s))) if budget_s is not None else {}
+    knobs.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    if threads:
+        torch.set_num_threads(int(threads))
+    out = Path(out) if out else PROJECT_ROOT / "outputs" / "bench" / experiment / model
+    for old in (out / "results").glob("*.json"):  # publish this run's results only
+        old.unlink()
+    metrics = train_experiment(experiment, model=model, profile=profile, out=out,
+                               overrides=knobs, store_as=store_as, resume=resume, seed=seed)
+    if not ddp.is_main():
+        return metrics
+    for path in (out / "results").glob("*.json"):
+        data = json.loads(path.read_text())
+        data.setdefault("extra", {}).update(
+            {"torch_threads": torch.get_num_threads(), **({"variant": variant} if variant else {})})
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if publish:
+        reference = Path(reference_dir) if reference_dir else REFERENCE_DIR
+        for path in publish_reference(out, reference, runner="bloodlib bench"):
+            print(f"reference result: {path}")
+        write_reference_board(reference)
     return metrics

@@ -62,6 +62,7 @@ def _finish(run: NotebookRun, paper: str, dataset: str, split: str, model: str,
     "warmup_iters": 1, "time_budget_s": None, "eval_every_epochs": None, "synthetic_images": 8,
     "yolo_epochs": 1, "yolo_time_budget_s": None},
     timed=lambda s: {"iterations": 10**6, "time_budget_s": s, "stages": None},
+    budget=lambda s: {"time_budget_s": s, "yolo_time_budget_s": s},
     planned_steps=lambda k: int(k["iterations"]) * len(k["datasets"]) * _torchvision(k["models"])
     + (int(k["pbc_iterations"]) * _torchvision(k["pbc_models"]) if k["pbc"] else 0))
 def train_mcnet(run: NotebookRun, model: str, store_as: Optional[str] = None) -> dict[str, float]:
@@ -95,6 +96,7 @@ _PBC_TASK = "paper1_80_20"
                        "time_budget_s": {t: None for t in wc.PROTOCOLS}},
                    timed=lambda s: {"epochs": {t: 10**4 for t in wc.PROTOCOLS},
                                     "time_budget_s": {t: s for t in wc.PROTOCOLS}},
+                   budget=lambda s: {"time_budget_s": {t: s for t in wc.PROTOCOLS}},
                    planned_steps=lambda k: sum(
                        _per(k["epochs"], t) * -(-n // int(k["batch_size"])) * models
                        for t, (n, models) in _PBC_TRAIN_IMAGES(k).items()))
