@@ -70,6 +70,8 @@ def main(out_dir: str, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if "-h" in sys.argv or "--help" in sys.argv:
+        raise SystemExit(__doc__)
     RESUME = session.pop_flag(sys.argv)  # --resume: continue an interrupted run
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)

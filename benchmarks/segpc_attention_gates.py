@@ -38,6 +38,8 @@ def main(out_dir: str, n_images: int, checkpoints: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if "-h" in sys.argv or "--help" in sys.argv:
+        raise SystemExit(__doc__)
     if len(sys.argv) < 4:
         raise SystemExit(__doc__)
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])

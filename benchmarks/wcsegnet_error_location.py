@@ -58,6 +58,8 @@ def main(checkpoint_dir: str, dataset: str) -> None:
 
 
 if __name__ == "__main__":
+    if "-h" in sys.argv or "--help" in sys.argv:
+        raise SystemExit(__doc__)
     if len(sys.argv) != 3:
         raise SystemExit(__doc__)
     main(sys.argv[1], sys.argv[2])

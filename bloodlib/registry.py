@@ -46,6 +46,7 @@ class Registry(Generic[T]):
                                f"{sorted(self._items)}.") from None
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
@@ -72,6 +73,8 @@ class TrainEntry:
     timed: Callable[[float], Mapping[str, Any]] = lambda seconds: {}
     #: the optimisation steps of the notebook's run under a profile's knobs (projections)
     planned_steps: Callable[[Mapping[str, Any]], int] = lambda knobs: 0
+    #: a knob whose value in the profile is the default model (else ``default_model``)
+    model_knob: Optional[str] = None
     #: overrides that give the training a wall-time budget (``bloodlib bench --budget``)
     budget: Callable[[float], Mapping[str, Any]] = lambda seconds: {"time_budget_s": seconds}
 
@@ -81,15 +84,15 @@ class _Trainers(Registry[TrainEntry]):
                  instant: Optional[Mapping[str, Any]] = None,
                  timed: Optional[Callable[[float], Mapping[str, Any]]] = None,
                  planned_steps: Optional[Callable[[Mapping[str, Any]], int]] = None,
-                 budget: Optional[Callable[[float], Mapping[str, Any]]] = None
-                 ) -> Callable[[Callable[..., Mapping[str, float]]], Callable[..., Mapping[str, float]]]:
+                 budget: Optional[Callable[[float], Mapping[str, Any]]] = None,
+                 model_knob: Optional[str] = None) -> Callable[[Callable[..., Mapping[str, float]]], Callable[..., Mapping[str, float]]]:
         """Decorator: register ``fn`` as ``experiment``'s main training (see
         :class:`TrainEntry` for the rest)."""
         def deco(fn: Callable[..., Mapping[str, float]]) -> Callable[..., Mapping[str, float]]:
             extra = {k: v for k, v in (("timed", timed), ("planned_steps", planned_steps),
                                        ("budget", budget)) if v}
             self.add(experiment, TrainEntry(experiment, fn, tuple(models), default_model,
-                                            dict(instant or {}), **extra))
+                                            dict(instant or {}), model_knob=model_knob, **extra))
             return fn
         return deco
 

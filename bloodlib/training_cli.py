@@ -32,14 +32,14 @@ def train_experiment(experiment: str, *, model: Optional[str] = None, profile: s
     ``overrides`` (``KEY=VALUE`` strings or a dict); returns the test metrics (rank 0
     prints them). ``instant`` shrinks the run to a few steps on a few images."""
     entry = TRAINERS.get(experiment)
-    model = model or entry.default_model
-    if model not in entry.models:
-        raise SettingError(f"{experiment} has no model {model!r}; choose one of {entry.models}.")
     knobs = dict(entry.instant) if instant else {}
     knobs.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     out = Path(out) if out else Path("outputs") / "train" / experiment
     run = session.start(experiment, profile, device=device, seed=seed, output_dir=out,
                         resume=resume, verbose=not instant, **knobs)
+    model = model or (run.knobs[entry.model_knob] if entry.model_knob else entry.default_model)
+    if model not in entry.models:
+        raise SettingError(f"{experiment} has no model {model!r}; choose one of {entry.models}.")
     t0, main = time.perf_counter(), ddp.is_main()
     try:
         metrics = dict(entry.fn(run, model, store_as if main else None))
@@ -69,12 +69,11 @@ def bench_experiment(experiment: str, *, model: Optional[str] = None, budget_s: 
 
     from .notebooks import PROJECT_ROOT, REFERENCE_DIR, publish_reference, write_reference_board
     entry = TRAINERS.get(experiment)
-    model = model or entry.default_model
     knobs = dict(entry.budget(float(budget_s))) if budget_s is not None else {}
     knobs.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     if threads:
         torch.set_num_threads(int(threads))
-    out = Path(out) if out else PROJECT_ROOT / "outputs" / "bench" / experiment / model
+    out = Path(out) if out else PROJECT_ROOT / "outputs" / "bench" / experiment / (model or "main")
     for old in (out / "results").glob("*.json"):  # publish this run's results only
         old.unlink()
     metrics = train_experiment(experiment, model=model, profile=profile, out=out,

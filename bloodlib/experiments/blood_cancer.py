@@ -77,7 +77,10 @@ _COMMON = {"score_threshold": 0.5, "mask_threshold": 0.5, "fcm_clusters": 3, "fc
            "mask_fusion": "roi",
            # 3x3 convolutions at RoI resolution on each side of the mask head's
            # encoder-decoder (1: four convolutions in all, two at 14x14)
-           "mask_head_depth": 1}
+           "mask_head_depth": 1,
+           # an R-Mask R-CNN variant for bloodlib train/bench, e.g. {"attention": "sa"}
+           # (keys of MAIN_VARIANT; None: the main model)
+           "architecture": None}
 _QUICK = {**_COMMON,
           "image_size": 256, "backbone": "mobilenet_v3_large", "fpn_channels": 128,
           "mask_channels": 128, "pretrained_backbone": False,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from ..errors import SettingError
 from ..registry import TRAINERS
 from ..session import NotebookRun
 from ..models.detection import PAPER2_BACKBONES
@@ -90,7 +91,7 @@ _PBC_TASK = "paper1_80_20"
 
 
 @TRAINERS.register(wc.EXPERIMENT, models=tuple(wc.MODEL_LABELS) + ("efficientnet_lite0",),
-                   default_model="resnet50", instant={
+                   default_model="resnet50", model_knob="pbc8_model", instant={
                        "max_per_class": 10, "synthetic_per_class": 10, "batch_size": 32, "val_fraction": 0.2,
                        "epochs": {t: 1 for t in wc.PROTOCOLS},
                        "time_budget_s": {t: None for t in wc.PROTOCOLS}},
@@ -133,15 +134,18 @@ def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
     """Paper 5: nucleus segmentation on the profile's first Zheng set (Jiangxi)."""
     knobs, seed = run.knobs, run.seed
     dataset = knobs["datasets"][0]
-    records, _, source = wcs.load_or_synthesize(dataset, knobs, run.output_dir, seed)
-    parts = wcs.train_val_test(records, knobs, seed)
-    parts = {k: wcs.take_subset(v, knobs.get(f"max_{k}_images"), seed) for k, v in parts.items()}
-    trained, history, _ = wcs.train_model(model, parts["train"], parts["val"], knobs,
-                                          run.device, seed, dataset=dataset)
+    split_seed = seed if knobs.get("split_seed") is None else int(knobs["split_seed"])
+    records, _, source = wcs.load_or_synthesize(dataset, knobs, run.output_dir, split_seed)
+    parts = wcs.train_val_test(records, knobs, split_seed)
+    parts = {k: wcs.take_subset(v, knobs.get(f"max_{k}_images"), split_seed)
+             for k, v in parts.items()}
+    train = parts["train"] + parts["val"] if knobs.get("train_on_val") else parts["train"]
+    trained, history, _ = wcs.train_model(model, train, parts["val"], knobs, run.device, seed,
+                                          dataset=dataset)
     metrics = wcs.finite(wcs.evaluate(trained, parts["test"], knobs, run.device))
     _finish(run, "paper5", dataset, "test", model, metrics, source,
             {"epochs_run": history.last_epoch, "best_epoch": history.best_epoch,
-             "n_train": len(parts["train"])})
+             "n_train": len(train), "split_seed": split_seed})
     if store_as:
         from ..inference import save_model
         meta = wcs.checkpoint_meta(model, knobs, dataset=f"wbc_seg_zheng/{dataset}")
@@ -160,7 +164,7 @@ def train_unet_family(run: NotebookRun, model: str, store_as: Optional[str] = No
     """Paper 4 Table 5: whole-WBC segmentation on CellaVision (synthetic crops stand in
     when it is missing)."""
     knobs, seed = run.knobs, run.seed
-    records, _, source = wcs.load_or_synthesize("cellavision", {**knobs, "synthetic_images": 20},
+    records, _, source = wcs.load_or_synthesize("cellavision", {**knobs, "synthetic_images": 40},
                                                 run.output_dir, seed)
     parts = wcs.train_val_test(records, knobs, seed)
     trained, history, _ = uf.train_model(model, parts["train"], parts["val"], knobs, run.device,
@@ -188,11 +192,18 @@ def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = N
     knobs, seed = run.knobs, run.seed
     data = bc.load_data(knobs, run.output_dir, seed)
     ev = bc.make_eval_set(data["val"], int(knobs["image_size"]))
-    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, seed)
+    architecture = dict(knobs.get("architecture") or {})
+    unknown = set(architecture) - set(bc.MAIN_VARIANT)
+    if unknown or (architecture and model != "rmaskrcnn"):
+        raise SettingError(f"architecture={architecture} picks an R-Mask R-CNN variant with "
+                           f"keys of {sorted(bc.MAIN_VARIANT)}; use it with --model rmaskrcnn.")
+    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, seed,
+                                variant=architecture or None)
     metrics = bc.finite(out["metrics"])
     _finish(run, "paper3", data["source"], "valid", model, metrics, data["source"],
             {"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
-             "stop_reason": out["log"].stop_reason})
+             "stop_reason": out["log"].stop_reason,
+             **({"architecture": architecture} if architecture else {})})
     if store_as:
         path = run.output_dir / "checkpoints" / f"{store_as}.pt"
         bc.save_model(out["model"], path, knobs, metrics, f"{data['source']}/train")

@@ -70,7 +70,10 @@ _COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0,
            "lr_schedule": "constant", "min_lr_factor": 0.01, "crop_fill": 0.6,
-           "channels_last": True, "tta": None}
+           "channels_last": True, "tta": None,
+           # bloodlib train/bench only: train on train + validation (the best epoch is then
+           # picked on images the model saw), and a split seed apart from the training seed
+           "train_on_val": False, "split_seed": None}
 register(EXPERIMENT, {
     # the whole notebook in ~1-2 min on 2 cores: Jiangxi only, a subset, a few epochs
     "quick": {**_COMMON, "datasets": ["jiangxi"], "image_size": 96, "width": 0.25,
