@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 from ..errors import SettingError
 from ..registry import TRAINERS
 from ..session import NotebookRun
-from ..models.detection import PAPER2_BACKBONES
+from ..models.detection import BACKBONES
 from . import blood_cancer as bc
 from . import maskrcnn_backbones as mb
 from . import mcnet_detection as mc
@@ -63,13 +63,17 @@ def _finish(run: NotebookRun, paper: str, dataset: str, split: str, model: str,
     "warmup_iters": 1, "time_budget_s": None, "eval_every_epochs": None, "synthetic_images": 8,
     "yolo_epochs": 1, "yolo_time_budget_s": None},
     timed=lambda s: {"iterations": 10**6, "time_budget_s": s, "stages": None},
-    budget=lambda s: {"time_budget_s": s, "yolo_time_budget_s": s},
+    budget=lambda s: {"time_budget_s": s, "yolo_time_budget_s": s, "pbc_time_budget_s": s,
+                      "pbc_yolo_time_budget_s": s},
     planned_steps=lambda k: int(k["iterations"]) * len(k["datasets"]) * _torchvision(k["models"])
     + (int(k["pbc_iterations"]) * _torchvision(k["pbc_models"]) if k["pbc"] else 0))
 def train_mcnet(run: NotebookRun, model: str, store_as: Optional[str] = None) -> dict[str, float]:
-    """Paper 1: one detector on the profile's first dataset (BCCD), COCO metrics on test."""
+    """Paper 1: one detector on the profile's first dataset (BCCD; ``datasets=['pbc']``:
+    auto-annotated PBC with the ``pbc_*`` knobs, paper 1's Table 1), COCO metrics on test."""
     knobs, seed = run.knobs, run.seed
     dataset = knobs["datasets"][0]
+    if dataset == "pbc":
+        return _train_mcnet_pbc(run, model, store_as)
     splits, source = mc.load_splits(dataset, knobs, run.output_dir, seed)
     masked = ({s: mc.add_masks(c) for s, c in splits.items()} if model in mc.MASK_MODELS
               else None)
@@ -84,6 +88,27 @@ def train_mcnet(run: NotebookRun, model: str, store_as: Optional[str] = None) ->
              "pretrained": out.pretrained})
     if store_as:
         print("stored:", mc.store_outcome(out, splits["train"], knobs, store_as))
+    return metrics
+
+
+def _train_mcnet_pbc(run: NotebookRun, model: str, store_as: Optional[str]) -> dict[str, float]:
+    """Notebook 01's PBC part for one model (``pbc_per_class``, ``pbc_min_size``,
+    ``pbc_iterations``, ``pbc_time_budget_s`` / ``pbc_yolo_*``)."""
+    knobs, seed = run.knobs, run.seed
+    pbc, source = mc.load_pbc_splits(knobs, run.output_dir, seed)
+    budget = knobs["pbc_yolo_time_budget_s" if model == "yolov9" else "pbc_time_budget_s"]
+    out = mc.train_and_evaluate(model, pbc, pbc, knobs, run.device, seed, run.output_dir / "pbc",
+                                min_size=int(knobs["pbc_min_size"]),
+                                iterations=int(knobs["pbc_iterations"]), time_budget_s=budget,
+                                yolo_epochs=int(knobs["pbc_yolo_epochs"]), tag="pbc",
+                                detections_per_img=10)
+    metrics = out.result_metrics()
+    _finish(run, "paper1", "pbc", "test", model, metrics, source,
+            {"n_train": len(pbc["train"]["images"]), "n_test": len(pbc["test"]["images"]),
+             "stop_reason": out.stop_reason, "pretrained": out.pretrained,
+             "paper_table": "table1", "backbone": knobs["backbone"]})
+    if store_as:
+        print("stored:", mc.store_outcome(out, pbc["train"], knobs, store_as))
     return metrics
 
 
@@ -211,7 +236,7 @@ def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = N
     return metrics
 
 
-@TRAINERS.register(mb.EXPERIMENT, models=tuple(PAPER2_BACKBONES), default_model="resnet50",
+@TRAINERS.register(mb.EXPERIMENT, models=tuple(BACKBONES), default_model="resnet50",
                    instant={"per_class": {"train": 1, "val": 1, "test": 1}, "iterations": 2,
                             "warmup_iters": 1, "time_budget_s": None, "batch_size": 2},
                    timed=lambda s: {"iterations": 10**6, "time_budget_s": s},
