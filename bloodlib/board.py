@@ -5,9 +5,12 @@ md, html = write_board("outputs/quick/board", ["results/reference", "outputs/qui
 ```
 
 For each paper it shows each of its tables with the paper's numbers and ours (one column
-per run, labelled with its profile and origin), a bar chart per table, the list of runs
-with their profile (``quick`` runs are smoke tests whose numbers are not comparable with
-the papers), and the results that belong to no paper table.
+per profile and origin: its main run), then, folded, every run of that table (variants
+by configuration; repeats on other seeds or machines as mean ± sd, with their machines), a
+bar chart per table, the list of runs with their profile and machine (``quick`` runs are
+smoke tests whose numbers are not comparable with the papers), and the results that
+belong to no paper table. No table is wider than
+:data:`bloodlib.results.MAX_TABLE_COLUMNS` columns (wider ones are cut into parts).
 
 A result is put beside a table row when its ``extra`` names them
 (``extra={"paper_table": "table1", "paper_row": {"model": "WCSegNet", "dataset": "Jiangxi"}}``),
@@ -34,8 +37,9 @@ import pandas as pd
 from .config import register
 from .errors import BloodlibError
 from .notebooks import PROJECT_ROOT, REFERENCE_DIR
-from .results import (METRIC_ALIASES, ResultsError, compare_with_paper, load_results,
-                      paper_info, paper_table, result_variant, summary_html, summary_markdown)
+from .results import (METRIC_ALIASES, ResultsError, compare_with_paper,
+                      load_results, paper_info, paper_table, result_variant, split_columns,
+                      summary_html, summary_markdown)
 
 PathLike = Union[str, Path]
 register("results_board", {p: {"include_reference": True} for p in ("quick", "bench_cpu", "full")})
@@ -90,12 +94,13 @@ def runs_table(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     rows = [{"experiment": r["experiment"], "paper": r["paper"], "dataset": r["dataset"],
              "model": r.get("model") or "-", "variant": result_variant(r) or "-",
              "profile": r["profile"],
-             "origin": r.get("origin", "-"), "device": r.get("device", "-"),
+             "origin": r.get("origin", "-"),
+             "machine": machine_label(r),
              "created": str(r.get("created", ""))[:10], "wall time (s)": r.get("wall_time_s"),
              "metrics": len(r.get("metrics") or {})} for r in results]
     df = pd.DataFrame(rows, columns=["experiment", "paper", "dataset", "model", "variant",
-                                     "profile", "origin", "device", "created", "wall time (s)",
-                                     "metrics"])
+                                     "profile", "origin", "machine", "created",
+                                     "wall time (s)", "metrics"])
     order = df["profile"].map(PROFILE_ORDER).fillna(9)
     keys = ["paper", "experiment", "_o", "dataset", "model", "_v", "variant"]
     return (df.assign(_o=order, _v=df["variant"].ne("-")).sort_values(keys)   # main run first
@@ -179,9 +184,11 @@ def comparisons(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             frames.append(cmp.assign(paper_key=r["paper"], table=table,
                                      row=", ".join(f"{v}" for v in row_filter.values()),
                                      run=run_label(r), profile=r["profile"],
-                                     origin=r.get("origin", ""), result_id=r.get("result_id")))
+                                     origin=r.get("origin", ""), result_id=r.get("result_id"),
+                                     variant=result_variant(r) or "",
+                                     machine=machine_label(r)))
     cols = ["paper_key", "table", "row", "metric", "label", "unit", "paper", "ours",
-            "difference", "run", "profile", "origin", "result_id"]
+            "difference", "run", "profile", "origin", "result_id", "variant", "machine"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
@@ -191,20 +198,73 @@ def paper_info_tables(paper: str) -> list[str]:
     return list(_reference()[paper]["tables"])
 
 
+#: Words in a variant label that mark a repeat of the same configuration (another seed,
+#: machine, session or load), not a different recipe: such runs are averaged.
+_REPEAT_WORDS = re.compile(r"seed[\s-]*\d+|re-?run|(avx2|amx)[\s-]machine|session[\s-]*\d+|"
+                           r"\d+[\s-]jobs[\s-]on[\s-]\d+[\s-]cores|stand-alone[\s-]run",
+                           re.IGNORECASE)
+
+
+def machine_label(result: Mapping[str, Any]) -> str:
+    """Where a result ran, briefly: the CPU model (or architecture), cores, and the GPU."""
+    m = result.get("machine") or {}
+    cpu = m.get("cpu_model") or m.get("machine") or "?"
+    cpu = re.sub(r"\s+", " ", re.sub(r"\((R|TM)\)|CPU|Processor|@.*", "", str(cpu))).strip()
+    device = str(result.get("device") or "cpu")
+    gpu = "" if device.startswith("cpu") else f" + {device}"
+    return f"{cpu}, {m.get('cpu_count', '?')} cores{gpu}"
+
+
+def configuration(variant: str) -> str:
+    """A variant label with its repeat words removed (``seed-1`` -> the main run's)."""
+    left = _REPEAT_WORDS.sub("", variant or "")
+    return re.sub(r"[\s,;-]*,[\s,;-]*", ", ", left).strip(" ,;-")
+
+
 def wide_table(cmp: pd.DataFrame) -> pd.DataFrame:
-    """One paper table's comparison laid out like the paper's table: one row per table row,
-    for each metric the paper's value followed by each run's (``metric (run)``)."""
+    """One paper table laid out like the paper's: one row per table row; for each metric
+    the paper's value, then ours from the main run (no variant) of each profile and
+    origin (``metric (run)``). Variants and repeats go to :func:`appendix_table`."""
     if cmp.empty:
         return pd.DataFrame()
     rows = list(dict.fromkeys(cmp["row"]))
+    main = cmp[cmp["variant"].fillna("") == ""] if "variant" in cmp else cmp
     out = pd.DataFrame({"row": rows})
     for label in dict.fromkeys(cmp["label"]):
         sub = cmp[cmp["label"] == label]
         out[f"{label} (paper)"] = sub.drop_duplicates("row").set_index("row")["paper"].reindex(rows).to_numpy()
-        for run in dict.fromkeys(sub["run"]):
-            vals = sub[sub["run"] == run].drop_duplicates("row").set_index("row")["ours"]
+        mine = main[main["label"] == label]
+        for run in dict.fromkeys(mine["run"]):
+            vals = mine[mine["run"] == run].drop_duplicates("row").set_index("row")["ours"]
             out[f"{label} ({run})"] = vals.reindex(rows).to_numpy()
     return out
+
+
+def _spread(values: pd.Series) -> str:
+    v = values.dropna().astype(float)
+    if len(v) < 2:
+        return f"{v.iloc[0]:.4g}" if len(v) else ""
+    return f"{v.mean():.4g} ± {v.std(ddof=1):.2g} (n={len(v)})"
+
+
+def appendix_table(cmp: pd.DataFrame) -> pd.DataFrame:
+    """Every run of one paper table, compactly: one row per (table row, configuration)
+    with ours per metric (the paper's in the main table); repeats of a configuration
+    (other seeds, machines, sessions: see :func:`configuration`) as mean ± standard
+    deviation with their count, and the machines they ran on."""
+    if cmp.empty:
+        return pd.DataFrame()
+    df = cmp.assign(config=cmp["variant"].fillna("").map(configuration).replace("", "main run"),
+                    profile_=cmp["profile"])
+    out = []
+    for (row, profile, config), g in df.groupby(["row", "profile_", "config"], sort=False):
+        entry = {"row": row, "profile": profile, "configuration": config,
+                 "runs": int(g.groupby("label").size().max())}  # one row per run and metric
+        for label in dict.fromkeys(g["label"]):
+            entry[label] = _spread(g[g["label"] == label]["ours"])
+        entry["machines"] = "; ".join(dict.fromkeys(g["machine"]))
+        out.append(entry)
+    return pd.DataFrame(out)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -315,7 +375,8 @@ def build_board(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ref = paper_table(paper, table)
         papers.setdefault(paper, {})[table] = {"caption": ref.attrs["caption"],
                                                "unit": ref.attrs["unit"],
-                                               "comparison": sub, "wide": wide_table(sub)}
+                                               "comparison": sub, "wide": wide_table(sub),
+                                               "appendix": appendix_table(sub)}
     others = [r for r in results if r.get("result_id") not in matched]
     return {"runs": runs_table(results), "papers": papers, "others": others,
             "comparisons": cmp}
@@ -358,13 +419,23 @@ def write_board(out_dir: PathLike, results_dirs: Optional[Sequence[PathLike]] = 
             profiles = sorted(set(t["comparison"]["profile"]), key=lambda p: PROFILE_ORDER.get(p, 9))
             note = ("**Only quick runs: these numbers are a smoke test, not a reproduction.**"
                     if profiles == ["quick"] else f"Profiles: {', '.join(profiles)}.")
-            md += ["", f"### {table}: {t['caption']} ({t['unit']})", "", note, "",
-                   _md_table(t["wide"]), "", f"![{paper} {table}](figures/{fig_path.name})"]
+            parts = split_columns(t["wide"])
+            md += ["", f"### {table}: {t['caption']} ({t['unit']})", "", note, ""]
+            md += [x for part in parts for x in (_md_table(part), "")]
+            md += [f"![{paper} {table}](figures/{fig_path.name})"]
             hb += [f"<h3>{html.escape(table)}: {html.escape(t['caption'])} ({t['unit']})</h3>",
                    f"<p>{' '.join(_badge(p) for p in profiles)} "
                    f"{'only quick runs: a smoke test, not a reproduction' if profiles == ['quick'] else ''}</p>",
-                   _html_table(t["wide"]), f"<p><img src='figures/{fig_path.name}' "
-                   f"style='max-width:100%'></p>"]
+                   *(_html_table(part) for part in parts),
+                   f"<p><img src='figures/{fig_path.name}' style='max-width:100%'></p>"]
+            appendix = t["appendix"]
+            if len(appendix) > len(t["wide"]):  # more runs than the main columns show
+                title = f"{table}, every run (variants; repeats as mean ± sd)"
+                md += ["", f"<details><summary>{title}</summary>", ""]
+                md += [x for part in split_columns(appendix) for x in (_md_table(part), "")]
+                md += ["</details>"]
+                hb += [f"<details><summary>{html.escape(title)}</summary>",
+                       *(_html_table(part) for part in split_columns(appendix)), "</details>"]
     md += ["", "## Other results (no paper table row)", "", summary_markdown(board["others"])]
     hb += ["<h2>Other results (no paper table row)</h2>", summary_html(board["others"])]
     md_path, html_path = out / "results_board.md", out / "results_board.html"

@@ -323,18 +323,34 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: No table a report writes is wider than this (the board's test checks it).
+MAX_TABLE_COLUMNS = 16
+
+
+def split_columns(table: pd.DataFrame, limit: int = MAX_TABLE_COLUMNS) -> list[pd.DataFrame]:
+    """``table`` cut into parts of at most ``limit`` columns, each keeping the first one
+    (the row names), so that a wide table stays readable."""
+    if table.shape[1] <= limit:
+        return [table]
+    key, rest = table.columns[0], list(table.columns[1:])
+    step = limit - 1
+    return [table[[key, *rest[i:i + step]]] for i in range(0, len(rest), step)]
+
+
 def summary_markdown(results: Iterable[Mapping[str, Any]]) -> str:
     """Markdown: a heading and a table per experiment (metrics as columns)."""
     tables = _summary_tables(list(results))
     if not tables:
         return "_No results._\n"
     out = []
-    for exp, df in tables.items():
-        head = [str(c).replace("|", "\\|") for c in df.columns]
-        out += [f"### {exp}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |"
-                for row in df.itertuples(index=False)]
-        out.append("")
+    for exp, table in tables.items():
+        out += [f"### {exp}", ""]
+        for df in split_columns(table):
+            head = [str(c).replace("|", "\\|") for c in df.columns]
+            out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            out += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |"
+                    for row in df.itertuples(index=False)]
+            out.append("")
     return "\n".join(out)
 
 
@@ -344,8 +360,10 @@ def summary_html(results: Iterable[Mapping[str, Any]]) -> str:
     if not tables:
         return "<p><em>No results.</em></p>"
     parts = []
-    for exp, df in tables.items():
-        body = df.to_html(index=False, border=1, na_rep="–", float_format=lambda v: f"{v:.4g}")
+    for exp, table in tables.items():
+        body = "\n".join(df.to_html(index=False, border=1, na_rep="–",
+                                    float_format=lambda v: f"{v:.4g}")
+                         for df in split_columns(table))
         parts.append(f"<h3>{html.escape(exp)}</h3>\n{body}")
     return "\n".join(parts)
 

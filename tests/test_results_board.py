@@ -47,15 +47,37 @@ def test_rows_are_matched_by_model_and_dataset():
     assert board.match_table_row(explicit, "table1") == {"model": "WCSegNet", "dataset": "Jiangxi"}
 
 
-def test_a_variant_run_gets_its_own_column():
+def test_the_main_run_gets_the_column_and_variants_and_repeats_the_appendix():
     first = _result("wcsegnet", "jiangxi", profile="bench_cpu", dice=0.95)
     second = _result("wcsegnet", "jiangxi", profile="bench_cpu", dice=0.96)
     second["extra"] = {"variant": "(long)"}
+    third = _result("wcsegnet", "jiangxi", profile="bench_cpu", dice=0.93)
+    third["extra"] = {"variant": "seed 1"}  # a repeat of the main run
     assert board.run_label(second) == "bench_cpu · (long)"
-    wide = board.wide_table(board.comparisons([first, second]))
-    assert {"Dice (bench_cpu)", "Dice (bench_cpu · (long))"} <= set(wide.columns)
+    cmp = board.comparisons([first, second, third])
+    wide = board.wide_table(cmp)
+    assert "Dice (bench_cpu)" in wide and not any("(long)" in c for c in wide.columns)
+    appendix = board.appendix_table(cmp).set_index("configuration")
+    assert appendix.loc["main run", "runs"] == 2 and "± " in appendix.loc["main run", "Dice"]
+    assert appendix.loc["(long)", "Dice"] == "0.96" and "cores" in appendix.loc["(long)", "machines"]
     runs = board.runs_table([second, first])
     assert list(runs["variant"]) == ["-", "(long)"]             # the main run first
+    assert "machine" in runs
+
+
+def test_no_board_table_is_wider_than_the_limit(tmp_path):
+    """The committed reference results (paper 3 alone has 17 runs of one table) and a
+    table with many metrics make no table wider than MAX_TABLE_COLUMNS."""
+    from bloodlib.results import MAX_TABLE_COLUMNS, split_columns
+    md, _ = board.write_board(tmp_path / "board")
+    lines = md.read_text().splitlines()
+    heads = [line for i, line in enumerate(lines)
+             if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+    assert heads and max(h.count("|") - 1 for h in heads) <= MAX_TABLE_COLUMNS
+    wide = pd.DataFrame({f"c{i}": [i] for i in range(40)})
+    parts = split_columns(wide)
+    assert all(p.shape[1] <= MAX_TABLE_COLUMNS and p.columns[0] == "c0" for p in parts)
+    assert sum(p.shape[1] - 1 for p in parts) == 39
 
 
 def test_board_report(dirs, tmp_path):
