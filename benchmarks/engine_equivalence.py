@@ -52,7 +52,7 @@ splits, _ = mc.load_splits("bccd", knobs, work, 0)
 splits = mc.preprocess_images(splits, knobs["preprocessing"], f"{work}/pre")
 out = mc.train_and_evaluate("faster_rcnn", splits, splits, knobs, "cpu", 0, work)
 show("detector/faster_rcnn", t0, mAP50=out.evaluation.metrics()["mAP50"],
-     last_loss=float(out.history["loss"].iloc[-1]))
+     last_loss=float(out.log["loss"].iloc[-1]))
 
 t0 = time.perf_counter()  # train_steps: R-Mask R-CNN, 15 steps on 8 SegPC images
 knobs = {**get_profile(bc.EXPERIMENT, "bench_cpu"), "train_steps": 15, "time_budget_s": None,

@@ -36,8 +36,8 @@ import pandas as pd
 
 from .config import register
 from .errors import BloodlibError
-from .notebooks import PROJECT_ROOT, REFERENCE_DIR
-from .results import (METRIC_ALIASES, ResultsError, compare_with_paper,
+from .paths import PROJECT_ROOT, REFERENCE_DIR
+from .results import (METRIC_ALIASES, ResultsError, _reference, compare_with_paper,
                       load_results, paper_info, paper_table, result_variant, split_columns,
                       summary_html, summary_markdown)
 
@@ -163,7 +163,6 @@ def _metric_map(result: Mapping[str, Any], units: Mapping[str, str]) -> dict[str
 def comparisons(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Long table: paper, table, row, metric, label, unit, paper value, ours, difference,
     run (label), profile, origin - for every result matched to a paper table row."""
-    from .results import _reference
     frames = []
     for r in results:
         if r["paper"] not in _reference():
@@ -194,7 +193,6 @@ def comparisons(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def paper_info_tables(paper: str) -> list[str]:
     """The table names of a paper in the reference file."""
-    from .results import _reference
     return list(_reference()[paper]["tables"])
 
 

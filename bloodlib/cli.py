@@ -34,7 +34,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .notebooks import REFERENCE_DIR, bench
+    from .notebooks import bench
+    from .paths import REFERENCE_DIR
 
     overrides = [n for n in args.notebooks if "=" in n]
     names = [n for n in args.notebooks if "=" not in n]
@@ -70,7 +71,8 @@ def _cmd_bench_experiment(args: argparse.Namespace, names: list[str],
 
 def _run_store_benchmark(args: argparse.Namespace, runner: Any, label: str) -> int:
     """A benchmark of store models (``latency``, ``predict``): run, publish, rebuild the board."""
-    from .notebooks import PROJECT_ROOT, REFERENCE_DIR, write_reference_board
+    from .notebooks import write_reference_board
+    from .paths import PROJECT_ROOT, REFERENCE_DIR
 
     out = Path(args.out) if args.out else PROJECT_ROOT / "outputs" / args.profile
     reference = Path(args.reference_dir) if args.reference_dir else REFERENCE_DIR
@@ -162,7 +164,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_board(args: argparse.Namespace) -> int:
     from .board import write_board
-    from .notebooks import REFERENCE_DIR
+    from .paths import REFERENCE_DIR
 
     md, html = write_board(Path(args.out) if args.out else REFERENCE_DIR.parent / "board",
                            args.results or None)

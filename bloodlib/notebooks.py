@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -19,9 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-REFERENCE_DIR = PROJECT_ROOT / "results" / "reference"
+from .board import write_board
+from .paths import NOTEBOOK_DIR, PROJECT_ROOT, REFERENCE_DIR
+from .results import (invocation, load_results, publish_result, summary_html,
+                      summary_markdown)
 
 
 @dataclass
@@ -84,7 +84,6 @@ def execute(notebook: Path, out_dir: Path, profile: str, parameters: Optional[di
 
 def write_summary(out_dir: Path, runs: Sequence[NotebookResult], profile: str) -> tuple[Path, Path]:
     """Write ``summary.md`` and ``summary.html``: notebook status and every result table."""
-    from .results import load_results, summary_html, summary_markdown
 
     results = load_results(out_dir / "results") if (out_dir / "results").is_dir() else []
     lines = [f"# Course run, profile `{profile}`", "", "| notebook | status | wall time (s) |",
@@ -113,7 +112,7 @@ def run_course(selection: Optional[Sequence[str]] = None, profile: str = "quick"
                timeout_s: Optional[int] = None, log=print) -> list[NotebookResult]:
     """Execute notebooks in order into ``out_dir`` (default ``outputs/<profile>``) and summarise."""
     out_dir = Path(out_dir or PROJECT_ROOT / "outputs" / profile).resolve()
-    os.environ.setdefault("BLOODLIB_COMMAND", _invocation())  # kernels inherit it
+    os.environ.setdefault("BLOODLIB_COMMAND", invocation())  # kernels inherit it
     runs = []
     for nb in discover(selection):
         log(f"[{profile}] running {nb.name} ...")
@@ -134,7 +133,6 @@ def write_results_board(out_dir: Path) -> Optional[Path]:
     """The results board (:mod:`bloodlib.board`) of a run: the committed reference results
     and this run's, beside the papers' tables, in ``<out_dir>/board/``. Never raises."""
     try:
-        from .board import write_board
         md, _ = write_board(Path(out_dir) / "board", [REFERENCE_DIR, Path(out_dir) / "results"])
         return md
     except Exception as exc:  # the board must not hide the notebooks' own outcome
@@ -146,7 +144,6 @@ def write_reference_board(reference_dir: Path = REFERENCE_DIR) -> Optional[Path]
     """The results board of the committed reference results, in ``results/board/`` beside
     ``reference_dir`` (the README links to it). Never raises."""
     try:
-        from .board import write_board
         md, _ = write_board(Path(reference_dir).parent / "board", [reference_dir])
         return md
     except Exception as exc:
@@ -154,11 +151,6 @@ def write_reference_board(reference_dir: Path = REFERENCE_DIR) -> Optional[Path]
         return None
 
 
-def _invocation() -> str:
-    """This process's command line as a user would type it."""
-    if Path(sys.argv[0]).name in ("__main__.py", "bloodlib", "cli.py"):
-        return " ".join(shlex.quote(a) for a in ["python", "-m", "bloodlib", *sys.argv[1:]])
-    return " ".join(shlex.quote(a) for a in sys.argv)
 
 
 def _relative(path: Path) -> str:
@@ -173,20 +165,12 @@ def publish_reference(out_dir: Path, reference_dir: Path = REFERENCE_DIR,
                       command: Optional[str] = None, runner: str = "papermill") -> list[Path]:
     """Copy results JSON from a benchmark run into the committed reference folder.
 
-    Each file gains a ``run`` block with the exact command that produced it.
-    """
-    reference_dir.mkdir(parents=True, exist_ok=True)
-    command = command or _invocation()
-    written = []
-    for src in sorted((Path(out_dir) / "results").glob("*.json")):
-        data = json.loads(src.read_text())
-        data["run"] = {"command": command, "runner": runner}
-        if runner == "papermill":
-            data["run"]["executed_notebooks"] = _relative(Path(out_dir) / "notebooks")
-        dst = reference_dir / src.name
-        dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        written.append(dst)
-    return written
+    Each file gains a ``run`` block with the exact command that produced it."""
+    command = command or invocation()
+    where = ({"executed_notebooks": _relative(Path(out_dir) / "notebooks")}
+             if runner == "papermill" else {})
+    return [publish_result(src, reference_dir, runner, command, **where)
+            for src in sorted((Path(out_dir) / "results").glob("*.json"))]
 
 
 def bench(selection: Iterable[str], profile: str = "bench_cpu", out_dir: Optional[Path] = None,

@@ -30,6 +30,7 @@ import pandas as pd
 
 from .errors import ReferenceTableError, ResultsError
 from .runtime import package_versions, total_memory_gb
+from .paths import REFERENCE_DIR
 
 SCHEMA_VERSION = 1
 REFERENCE_FILE = Path(__file__).parent / "reference" / "papers.json"
@@ -267,7 +268,6 @@ def reference_table(experiment: str, metrics: Iterable[str],
     with ``metrics`` (those present), training minutes and peak memory; empty when nothing
     has been benchmarked."""
     if reference_dir is None:
-        from .notebooks import REFERENCE_DIR
         reference_dir = REFERENCE_DIR
     folder = Path(reference_dir)
     keys, rows = list(metrics), []
@@ -321,6 +321,28 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return "–" if not math.isfinite(value) else f"{value:.4g}"
     return str(value)
+
+
+def invocation() -> str:
+    """This process's command line as a user would type it."""
+    import shlex
+    if Path(sys.argv[0]).name in ("__main__.py", "bloodlib", "cli.py"):
+        return " ".join(shlex.quote(a) for a in ["python", "-m", "bloodlib", *sys.argv[1:]])
+    return " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def publish_result(path: Union[str, os.PathLike], reference_dir: Union[str, os.PathLike],
+                   runner: str, command: Optional[str] = None,
+                   **run: Any) -> Path:
+    """Copy the results JSON at ``path`` into ``reference_dir`` (the committed results)
+    with a ``run`` block: the exact ``command`` (default: this process's), the ``runner``
+    and any further ``run`` fields."""
+    data = json.loads(Path(path).read_text())
+    data["run"] = {"command": command or invocation(), "runner": runner, **run}
+    dst = Path(reference_dir) / Path(path).name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return dst
 
 
 #: No table a report writes is wider than this (the board's test checks it).

@@ -67,7 +67,8 @@ def bench_experiment(experiment: str, *, model: Optional[str] = None, budget_s: 
 
     import torch
 
-    from .notebooks import PROJECT_ROOT, REFERENCE_DIR, publish_reference, write_reference_board
+    from .notebooks import publish_reference, write_reference_board
+    from .paths import PROJECT_ROOT, REFERENCE_DIR
     entry = TRAINERS.get(experiment)
     knobs = dict(entry.budget(float(budget_s))) if budget_s is not None else {}
     knobs.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))

@@ -19,6 +19,7 @@ from .common import TASKS, InvalidImageError, check_image
 from .store import (ModelFormatError, ModelNotFoundError, default_model, list_models,
                     load_predictor, model_names, models_dir, read_meta, resolve_model,
                     save_model)
+from . import onnx_export as _onnx_export  # noqa: F401,E402  (registers the onnxruntime runtime)
 
 _LAZY = {
     "SegmenterPredictor": ".segmentation", "SegmentationResult": ".segmentation",

@@ -224,7 +224,6 @@ def run_latency_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "out
     the newest); write the results JSON into ``out_dir/results`` and, with
     ``reference_dir``, publish it there too."""
     from ..config import get_profile
-    from ..notebooks import _invocation
     from .store import default_model
     knobs = dict(get_profile(EXPERIMENT, profile))
     t0 = time.perf_counter()
@@ -260,11 +259,7 @@ def run_latency_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "out
                               f"stand-in: {main.task} model (no detector in the store)"))
     path = report.write(Path(out_dir) / "results", profile, seed, knobs)
     if reference_dir is not None:
-        import json
-        data = json.loads(path.read_text())
-        data["run"] = {"command": _invocation(), "runner": "bloodlib bench latency"}
-        dst = Path(reference_dir) / path.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        from ..results import publish_result
+        publish_result(path, reference_dir, "bloodlib bench latency")
     print(report.table().to_string(index=False))
     return path

@@ -6,7 +6,8 @@ rejects anything else with a message saying what to do.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -124,3 +125,42 @@ def to_tensor(image: np.ndarray, normalize: str = "unit") -> torch.Tensor:
     elif normalize not in ("unit", None):
         raise BloodlibError(f"Unknown normalisation {normalize!r}; use 'unit' or 'imagenet'.")
     return x.unsqueeze(0)
+
+
+# ----------------------------------------------------------------------------- segmentation meta
+#: paper 5's classes (bloodlib.experiments.wbc_segmentation.CLASS_NAMES), used for legacy
+#: checkpoints with 4 classes
+PAPER5_CLASSES = ("background", "neutrophil", "lymphocyte", "basophil")
+
+
+def segmentation_meta(architecture: str, classes: Sequence[str], input_size: Any, *,
+                      architecture_kwargs: Optional[Mapping[str, Any]] = None,
+                      training_data: Any = None, metrics: Optional[Mapping[str, float]] = None,
+                      preprocessing: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Contract metadata (``task="segment"``) of a segmentation-zoo model."""
+    size = [int(input_size), int(input_size)] if np.isscalar(input_size) else \
+        [int(s) for s in input_size]
+    return {"task": "segment", "architecture": architecture,
+            "architecture_kwargs": dict(architecture_kwargs or {}),
+            "classes": [str(c) for c in classes], "input_size": size,
+            "preprocessing": dict(DEFAULT_PREPROCESSING, **(preprocessing or {})),
+            "training_data": training_data or {},
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()
+                        if isinstance(v, (int, float)) and np.isfinite(v)},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def segmentation_meta_from_legacy(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Contract metadata from ``{"model": name, "knobs": {...}}`` (wbc_segmentation)."""
+    knobs = dict(meta.get("knobs") or {})
+    n = int(knobs.get("num_classes", 4))
+    classes = list(meta.get("classes") or (PAPER5_CLASSES if n == 4 else
+                                           ["background"] + [f"class_{i}" for i in range(1, n)]))
+    out = segmentation_meta(str(meta["model"]), classes, int(knobs.get("image_size", 120)),
+                            architecture_kwargs={"width": float(knobs.get("width", 1.0))},
+                            training_data=meta.get("training_data") or
+                            {"dataset": ",".join(knobs.get("datasets") or []) or "unknown",
+                             "split": "train", "profile": knobs.get("profile")},
+                            metrics=meta.get("metrics"))
+    out["created"] = meta.get("created") or out["created"]
+    return out

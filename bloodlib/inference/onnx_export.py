@@ -28,6 +28,7 @@ import torch
 
 from ..io import sha256_file
 from ..errors import BloodlibError
+from .store import RUNTIMES, load_predictor, predictor_class, read_meta, resolve_model
 
 OPSET = 17
 META_KEY = "bloodlib_meta"
@@ -83,7 +84,6 @@ def export_onnx(name_or_path: str | Path, out: Optional[str | Path] = None,
     (default: the checkpoint's path with ``.onnx``)."""
     import onnx
 
-    from .store import load_predictor, resolve_model
     path = resolve_model(name_or_path, folder)
     predictor = load_predictor(path)
     module, example, kwargs = _example(predictor)
@@ -157,7 +157,6 @@ class OnnxModule(torch.nn.Module):
 
 def load_onnx_predictor(path: Path, device: Any = "cpu") -> Any:
     """A predictor of the checkpoint ``path``'s task whose network runs in onnxruntime."""
-    from .store import predictor_class, read_meta
     if str(device) != "cpu":
         raise BloodlibError("--runtime onnxruntime runs on the CPU; use --device cpu, or the "
                             "torch runtime on a GPU.")
@@ -194,3 +193,6 @@ def parity(torch_predictor: Any, onnx_predictor: Any, images: Sequence[np.ndarra
 def describe_tolerance() -> Mapping[str, float]:
     """The tolerances the parity tests hold the export to."""
     return dict(TOLERANCE)
+
+
+RUNTIMES.add("onnxruntime", load_onnx_predictor)

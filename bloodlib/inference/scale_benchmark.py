@@ -19,7 +19,6 @@ reference folder, to ``results/reference/``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import subprocess
 import sys
@@ -222,7 +221,7 @@ def run_scale_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "outpu
                         detector_name: Optional[str] = None) -> Path:
     """Run every part with the store's models (newest unless named); write the JSON."""
     from ..config import get_profile
-    from ..results import make_result, write_result
+    from ..results import make_result, publish_result, write_result
     from .folder import usable_cpus
     from .store import default_model, load_predictor, read_meta, resolve_model
     knobs = dict(get_profile(EXPERIMENT, profile))
@@ -254,12 +253,7 @@ def run_scale_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "outpu
                          device=f"cpu ({cpus} cores)")
     path = write_result(result, Path(out_dir) / "results")
     if reference_dir is not None:
-        dst = Path(reference_dir) / path.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        from ..notebooks import _invocation
-        data = json.loads(path.read_text())
-        data["run"] = {"command": _invocation(), "runner": "bloodlib bench predict"}
-        dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        publish_result(path, reference_dir, "bloodlib bench predict")
     for k, v in metrics.items():
         print(f"{k:45s} {v:10.3f}")
     return path

@@ -12,22 +12,19 @@ too: :func:`segmentation_meta_from_legacy` turns their metadata into the contrac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import DEFAULT_PREPROCESSING, Predictor, to_tensor
+from .common import PAPER5_CLASSES  # noqa: F401  (re-exported)
+from .common import Predictor, segmentation_meta, segmentation_meta_from_legacy, to_tensor
 
 __all__ = ["SegmenterPredictor", "SegmentationResult", "segmentation_meta",
            "segmentation_meta_from_legacy"]
 
-#: paper 5's classes (bloodlib.experiments.wbc_segmentation.CLASS_NAMES), used for legacy
-#: checkpoints with 4 classes
-PAPER5_CLASSES = ("background", "neutrophil", "lymphocyte", "basophil")
 
 
 @dataclass
@@ -53,39 +50,6 @@ class SegmentationResult:
             sizes = np.bincount(labels.ravel())[1:] if n else np.array([])
             out[c] = int((sizes >= self.min_object_pixels).sum())
         return out
-
-
-def segmentation_meta(architecture: str, classes: Sequence[str], input_size: Any, *,
-                      architecture_kwargs: Optional[Mapping[str, Any]] = None,
-                      training_data: Any = None, metrics: Optional[Mapping[str, float]] = None,
-                      preprocessing: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """Contract metadata (``task="segment"``) of a segmentation-zoo model."""
-    size = [int(input_size), int(input_size)] if np.isscalar(input_size) else \
-        [int(s) for s in input_size]
-    return {"task": "segment", "architecture": architecture,
-            "architecture_kwargs": dict(architecture_kwargs or {}),
-            "classes": [str(c) for c in classes], "input_size": size,
-            "preprocessing": dict(DEFAULT_PREPROCESSING, **(preprocessing or {})),
-            "training_data": training_data or {},
-            "metrics": {k: float(v) for k, v in (metrics or {}).items()
-                        if isinstance(v, (int, float)) and np.isfinite(v)},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def segmentation_meta_from_legacy(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Contract metadata from ``{"model": name, "knobs": {...}}`` (wbc_segmentation)."""
-    knobs = dict(meta.get("knobs") or {})
-    n = int(knobs.get("num_classes", 4))
-    classes = list(meta.get("classes") or (PAPER5_CLASSES if n == 4 else
-                                           ["background"] + [f"class_{i}" for i in range(1, n)]))
-    out = segmentation_meta(str(meta["model"]), classes, int(knobs.get("image_size", 120)),
-                            architecture_kwargs={"width": float(knobs.get("width", 1.0))},
-                            training_data=meta.get("training_data") or
-                            {"dataset": ",".join(knobs.get("datasets") or []) or "unknown",
-                             "split": "train", "profile": knobs.get("profile")},
-                            metrics=meta.get("metrics"))
-    out["created"] = meta.get("created") or out["created"]
-    return out
 
 
 class SegmenterPredictor(Predictor):

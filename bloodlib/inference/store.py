@@ -30,13 +30,18 @@ import pandas as pd
 import torch
 
 from ..errors import BloodlibError, ModelFormatError, ModelNotFoundError
-from .common import DEFAULT_PREPROCESSING, TASKS
+from ..registry import Registry
+from .common import DEFAULT_PREPROCESSING, TASKS, segmentation_meta_from_legacy
 
 PathLike = Union[str, os.PathLike]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = ".pt"
 REQUIRED_META = ("task", "architecture", "classes")
 #: task -> (module, class) of its predictor; imported only when a model of the task loads.
+#: Runtimes other than PyTorch: name -> ``load(checkpoint_path, device) -> predictor``;
+#: filled by the modules that provide them (:mod:`.onnx_export`: ``"onnxruntime"``).
+RUNTIMES: Registry[Callable[[Path, Any], Any]] = Registry("prediction runtime")
+
 PREDICTORS: dict[str, tuple[str, str]] = {
     "detect": ("bloodlib.inference.detection", "DetectorPredictor"),
     "classify": ("bloodlib.inference.classification", "ClassifierPredictor"),
@@ -176,7 +181,6 @@ def _contract_meta(ckpt: Mapping[str, Any]) -> dict[str, Any]:
                                f"{type(raw).__name__}.")
     meta = dict(raw)
     if "task" not in meta and "model" in meta and "knobs" in meta:  # wbc_segmentation.train_model
-        from .segmentation import segmentation_meta_from_legacy
         try:
             meta = segmentation_meta_from_legacy(meta)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -359,9 +363,9 @@ def load_predictor(name_or_path: PathLike, device: Any = "cpu", task: Optional[s
     if task is not None and meta["task"] != task:
         raise BloodlibError(f"Model {str(name_or_path)!r} is a {meta['task']!r} model, not "
                             f"{task!r}; pick a {task!r} model (list_models(task={task!r})).")
-    if runtime == "onnxruntime":
-        from .onnx_export import load_onnx_predictor
-        return load_onnx_predictor(path, device)
     if runtime != "torch":
-        raise BloodlibError(f"Unknown runtime {runtime!r}; use 'torch' or 'onnxruntime'.")
+        if runtime not in RUNTIMES:
+            raise BloodlibError(f"Unknown runtime {runtime!r}; use 'torch' or one of "
+                                f"{RUNTIMES.names()}.")
+        return RUNTIMES.get(runtime)(path, device)
     return predictor_class(meta["task"]).from_checkpoint(path, device=device)

@@ -1,0 +1,94 @@
+"""Issue 26: no import circle among bloodlib's modules (imports inside functions count),
+and the low floors import nothing of bloodlib above them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bloodlib"
+
+
+def _module_names() -> dict[str, Path]:
+    mods = {}
+    for f in PACKAGE.rglob("*.py"):
+        parts = f.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = f
+    return mods
+
+
+def _targets(mods: dict[str, Path], current: str, node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = current.split(".")
+    if mods[current].name != "__init__.py":
+        base = base[:-1]
+    base = base[:len(base) - (node.level - 1)] if node.level else []
+    module = ".".join(base + ([node.module] if node.module else []))
+    return [f"{module}.{a.name}" if f"{module}.{a.name}" in mods else module for a in node.names]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the bloodlib modules it imports (anywhere in the file)."""
+    mods = _module_names()
+    graph = {}
+    for name, path in mods.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges |= {t for t in _targets(mods, name, node) if t in mods and t != name}
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    assert _cycles(import_graph()) == []
+
+
+def test_the_floors_import_nothing_above_them():
+    graph = import_graph()
+    assert graph["bloodlib.paths"] == set() and graph["bloodlib.errors"] == set()
+    assert graph["bloodlib.registry"] <= {"bloodlib.errors"}
+    assert not any(t.startswith("bloodlib.experiments") or t == "bloodlib.notebooks"
+                   for m in ("bloodlib.results", "bloodlib.board") for t in graph[m])
+    engine = {m for m in graph if m.startswith("bloodlib.engine")}
+    for m in engine:  # the training engine knows no experiment, notebook or CLI
+        assert not any(t.startswith(("bloodlib.experiments", "bloodlib.notebooks",
+                                     "bloodlib.cli", "bloodlib.session")) for t in graph[m]), m
+
+
+def test_a_circle_is_found():
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
