@@ -151,7 +151,15 @@ def match_table_row(result: Mapping[str, Any], table: str) -> Optional[dict[str,
     return row_filter
 
 
-def _metric_map(result: Mapping[str, Any], units: Mapping[str, str]) -> dict[str, str]:
+def _metric_map(result: Mapping[str, Any], units: Mapping[str, str],
+                table: Optional[str] = None) -> dict[str, str]:
+    """Our metric key -> the table's column: ``extra["paper_metrics"][table]`` when the
+    result gives one (e.g. ``{"val_mAP50": "mAP50"}`` where two tables share a column
+    name), else equal keys or :data:`METRIC_ALIASES`."""
+    given = ((result.get("extra") or {}).get("paper_metrics") or {}).get(table)
+    if given:
+        return {k: v for k, v in given.items()
+                if v in units and units[v] != "mixed" and result["metrics"].get(k) is not None}
     pairs = {}
     for k in result["metrics"]:
         target = k if k in units else METRIC_ALIASES.get(k, METRIC_ALIASES.get(k.lower()))
@@ -160,28 +168,38 @@ def _metric_map(result: Mapping[str, Any], units: Mapping[str, str]) -> dict[str
     return pairs
 
 
+def _own_row(result: Mapping[str, Any], table: str) -> Optional[pd.DataFrame]:
+    """A row of ours that the paper's table lacks (another backbone, say): named by
+    ``extra["own_row"]`` for the tables in ``extra["paper_tables"]``; shown with the
+    table's columns and no paper value."""
+    extra = result.get("extra") or {}
+    if table not in (extra.get("paper_tables") or []) or not isinstance(extra.get("own_row"), Mapping):
+        return None
+    ref = paper_table(result["paper"], table)
+    units, labels = ref.attrs["units"], ref.attrs["labels"]
+    rows = [{"metric": col, "label": labels[col], "paper": np.nan,
+             "ours": float(result["metrics"][k]) * (100.0 if units[col] == "percent" else 1.0),
+             "difference": np.nan, "unit": units[col]}
+            for k, col in _metric_map(result, units, table).items()]
+    if not rows:
+        return None
+    label = ", ".join(str(v) for v in extra["own_row"].values()) + " (ours only)"
+    return pd.DataFrame(rows).assign(row=label)
+
+
 def comparisons(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Long table: paper, table, row, metric, label, unit, paper value, ours, difference,
-    run (label), profile, origin - for every result matched to a paper table row."""
+    run (label), profile, origin - for every result matched to a paper table row (or
+    naming a row of its own, :func:`_own_row`)."""
     frames = []
     for r in results:
         if r["paper"] not in _reference():
             continue
         for table in paper_info_tables(r["paper"]):
-            row_filter = match_table_row(r, table)
-            if row_filter is None:
-                continue
-            units = paper_table(r["paper"], table).attrs["units"]
-            pairs = _metric_map(r, units)
-            if not pairs:
-                continue
-            try:
-                cmp = compare_with_paper(r["metrics"], r["paper"], table, row_filter, pairs)
-            except (BloodlibError, ValueError) as exc:
-                warnings.warn(f"{r.get('source', r['experiment'])}: {exc}", stacklevel=2)
+            cmp = _compare_row(r, table)
+            if cmp is None:
                 continue
             frames.append(cmp.assign(paper_key=r["paper"], table=table,
-                                     row=", ".join(f"{v}" for v in row_filter.values()),
                                      run=run_label(r), profile=r["profile"],
                                      origin=r.get("origin", ""), result_id=r.get("result_id"),
                                      variant=result_variant(r) or "",
@@ -189,6 +207,24 @@ def comparisons(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     cols = ["paper_key", "table", "row", "metric", "label", "unit", "paper", "ours",
             "difference", "run", "profile", "origin", "result_id", "variant", "machine"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def _compare_row(r: Mapping[str, Any], table: str) -> Optional[pd.DataFrame]:
+    """Paper vs ours for the row of ``table`` that ``r`` matches (with a ``row`` column),
+    its own row, or None."""
+    row_filter = match_table_row(r, table)
+    if row_filter is None:
+        return _own_row(r, table)
+    units = paper_table(r["paper"], table).attrs["units"]
+    pairs = _metric_map(r, units, table)
+    if not pairs:
+        return None
+    try:
+        cmp = compare_with_paper(r["metrics"], r["paper"], table, row_filter, pairs)
+    except (BloodlibError, ValueError) as exc:
+        warnings.warn(f"{r.get('source', r['experiment'])}: {exc}", stacklevel=3)
+        return None
+    return cmp.assign(row=", ".join(f"{v}" for v in row_filter.values()))
 
 
 def paper_info_tables(paper: str) -> list[str]:

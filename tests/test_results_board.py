@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -164,3 +165,22 @@ def test_latency_command_uses_the_named_store_models(tmp_path, monkeypatch):
     assert res["metrics"]["onnxruntime_latency_mean_ms"] > 0
     assert res["metrics"]["torch_no_tta_latency_mean_ms"] > 0
     assert (tmp_path / "ref" / path.name).is_file()
+
+
+def test_paper2_backbones_fill_tables_3_to_5_including_rows_the_paper_lacks():
+    from bloodlib.experiments import maskrcnn_backbones as mb
+    metrics = {"total_loss": 0.5, "val_loss": 0.6, "box_loss": 0.1, "class_loss": 0.2,
+               "mask_loss": 0.2, "val_mAP50": 0.8, "val_F1": 0.7, "F1": 0.9, "accuracy": 0.95}
+    results = []
+    for backbone, pretrained in (("resnet50", False), ("efficientnet_lite0", True)):
+        r = make_result("maskrcnn_backbones", "paper2", "pbc", "test", metrics, {}, 0,
+                        "bench_cpu", 1.0, model=f"mask_rcnn_{backbone}",
+                        extra=mb.board_placement(backbone, pretrained))
+        results.append(r)
+    cmp = board.comparisons(results)
+    assert set(cmp["table"]) == {"table3", "table4", "table5"}
+    t4 = cmp[cmp["table"] == "table4"].set_index(["row", "metric"])
+    assert t4.loc[("Mask R-CNN, ResNet50, PBC", "F1"), "ours"] == 0.7    # Table 4's F1 is val_F1
+    assert cmp[(cmp["table"] == "table5") & (cmp["metric"] == "F1")]["ours"].tolist() == [0.9, 0.9]
+    own = t4.loc[("Mask R-CNN, EfficientNet-Lite0 (ImageNet) (ours only)", "mAP50")]
+    assert own["ours"] == 0.8 and np.isnan(own["paper"])

@@ -257,7 +257,8 @@ def train_maskrcnn_backbones(run: NotebookRun, model: str, store_as: Optional[st
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
     _finish(run, "paper2", "pbc", "test", f"mask_rcnn_{model}", metrics, source,
             {"backbone": model, "pretrained": bool(trained.backbone_pretrained),
-             "iterations": training.iterations, "stop_reason": training.stop_reason})
+             "iterations": training.iterations, "stop_reason": training.stop_reason,
+             **mb.board_placement(model, bool(trained.backbone_pretrained))})
     if store_as:
         print(f"{run.experiment}: use notebook 02 or bloodlib zoo to store detectors; not stored.")
     return metrics

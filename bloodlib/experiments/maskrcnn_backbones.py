@@ -160,6 +160,30 @@ def evaluate_backbone(model: torch.nn.Module, splits: Mapping[str, dict],
 
 
 # ----------------------------------------------------------------------------- tables
+#: Our metric keys -> paper 2's columns, per table (Table 4 is measured on validation,
+#: so its keys carry ``val_``; Table 4 and Table 5 both have an F1 column).
+TABLE_METRICS = {
+    "table3": {k: k for k in ("total_loss", "val_loss", "box_loss", "class_loss", "mask_loss")},
+    "table4": {f"val_{k}": k for k in ("mAP50", "AP70", "AP90", "mAP50_95", "mAR", "F1")},
+    "table5": {k: k for k in ("accuracy", "precision", "recall", "F1", "specificity")},
+}
+
+
+def board_placement(backbone: str, pretrained: bool) -> dict[str, Any]:
+    """``extra`` for a result of ``backbone``: the paper's row of Tables 3-5 when the
+    paper has that backbone, else a row of our own (with its weights) in those tables;
+    and the metric keys of each table."""
+    from ..results import paper_table
+    label = BACKBONE_LABELS.get(backbone, backbone)
+    if label in set(paper_table("paper2", "table4")["backbone"].dropna()):
+        where: dict[str, Any] = {"paper_row": {"model": "Mask R-CNN", "backbone": label}}
+    else:
+        weights = "ImageNet" if pretrained else "from scratch"
+        where = {"own_row": {"model": "Mask R-CNN", "backbone": f"{label} ({weights})"},
+                 "paper_tables": list(TABLE_METRICS)}
+    return {**where, "paper_metrics": TABLE_METRICS}
+
+
 def _compare(ours: Mapping[str, float], table: str, backbone: str) -> pd.DataFrame:
     """Paper vs ours for one backbone (paper NaN for a backbone the paper did not use)."""
     from ..results import compare_with_paper, paper_table
