@@ -20,7 +20,6 @@ if "-h" in sys.argv or "--help" in sys.argv:
 os.environ["BLOODLIB_MODELS"] = tempfile.mkdtemp()
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from bloodlib.config import get_profile  # noqa: E402
 from bloodlib.data.parsers import load_zheng  # noqa: E402

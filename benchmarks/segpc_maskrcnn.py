@@ -14,6 +14,14 @@ import sys
 
 from bloodlib.cli import main
 
+
+def plain(value: str) -> str:
+    """A KEY=VALUE value as text ('x' and x alike)."""
+    try:
+        return str(ast.literal_eval(value))
+    except (ValueError, SyntaxError):
+        return value
+
 VARIANT_KEYS = ("attention", "bottom_up", "multiscale_mask_head")
 
 if __name__ == "__main__":
@@ -21,7 +29,7 @@ if __name__ == "__main__":
     if len(a) < 4 or "-h" in a or "--help" in a:
         raise SystemExit(__doc__)
     over = dict(x.split("=", 1) for x in a[4:])
-    options = [f"--{k}={over.pop(k)}" for k in ("seed", "variant") if k in over]
+    options = [f"--{k}={plain(over.pop(k))}" for k in ("seed", "variant") if k in over]
     arch = {k: ast.literal_eval(over.pop(k)) for k in VARIANT_KEYS if k in over}
     extra = [f"{k}={v}" for k, v in over.items()] + ([f"architecture={arch!r}"] if arch else [])
     sys.exit(main(["bench", "blood_cancer", "--model", a[0], "--budget", a[1], "--threads", a[2],
