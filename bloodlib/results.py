@@ -323,6 +323,36 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def pretrained_vs_scratch(experiment: str, metric: str, reference_dir: Any = None,
+                          paper: Optional[Mapping[str, float]] = None) -> pd.DataFrame:
+    """The committed side-by-side runs of ``experiment`` (benchmark profiles): one row per
+    dataset, model and input size that has runs with ImageNet weights and from scratch
+    (``extra["pretrained_loaded"]`` or ``extra["pretrained"]``), with ``metric`` of each
+    (the mean where there are repeats, and their count), the gain, and ``paper[dataset]``
+    (the paper's figure, in the same unit) where given."""
+    folder = Path(reference_dir) if reference_dir is not None else REFERENCE_DIR
+    buckets: dict[tuple, dict[bool, list[float]]] = {}
+    for r in (load_results(folder) if folder.is_dir() else []):
+        extra = r.get("extra") or {}
+        pre = extra.get("pretrained_loaded", extra.get("pretrained"))
+        if r["experiment"] != experiment or r["profile"] == "quick" or pre is None \
+                or metric not in r["metrics"]:
+            continue
+        key = (r["dataset"], r.get("model") or "-", (r.get("config") or {}).get("image_size"))
+        buckets.setdefault(key, {True: [], False: []})[bool(pre)].append(r["metrics"][metric])
+    rows = []
+    for (dataset, model, size), runs in sorted(buckets.items(),
+                                               key=lambda kv: (str(kv[0][:2]), kv[0][2] or 0)):
+        if runs[True] and runs[False]:
+            ours_in, ours_sc = float(np.mean(runs[True])), float(np.mean(runs[False]))
+            rows.append({"dataset": dataset, "model": model, "input px": size,
+                         f"{metric}, ImageNet": ours_in, f"{metric}, scratch": ours_sc,
+                         "gain": ours_in - ours_sc, "runs": f"{len(runs[True])} + {len(runs[False])}",
+                         "paper": (paper or {}).get(dataset, np.nan)})
+    return pd.DataFrame(rows, columns=["dataset", "model", "input px", f"{metric}, ImageNet",
+                                       f"{metric}, scratch", "gain", "runs", "paper"])
+
+
 def invocation() -> str:
     """This process's command line as a user would type it."""
     import shlex

@@ -223,3 +223,21 @@ def test_a_variant_run_is_written_beside_its_main_run(tmp_path):
     assert paths == {"mcnet__bccd__bench_cpu__mcnet.json",
                      "mcnet__bccd__bench_cpu__mcnet__long-run.json"}
     assert R.result_variant(variant) == "(long run)" and R.result_variant(main) is None
+
+
+def test_pretrained_vs_scratch_pairs_the_side_by_side_runs(tmp_path):
+    from bloodlib.results import make_result, pretrained_vs_scratch, write_result
+
+    def run(pre, acc, size=96, variant=""):
+        r = make_result("wbc_classification", "paper1", "pbc_paper1_80_20", "test",
+                        {"accuracy": acc}, {"image_size": size}, 0, "bench_cpu", 1.0,
+                        model="efficientnet_lite0",
+                        extra={"pretrained_loaded": pre, "variant": variant or f"{pre} {acc}"})
+        write_result(r, tmp_path)
+    run(True, 0.98), run(True, 0.96), run(False, 0.95), run(True, 0.9, size=128)
+    table = pretrained_vs_scratch("wbc_classification", "accuracy", tmp_path,
+                                  paper={"pbc_paper1_80_20": 0.99})
+    assert len(table) == 1  # 128 px has no scratch run
+    row = table.iloc[0]
+    assert row["accuracy, ImageNet"] == pytest.approx(0.97) and row["runs"] == "2 + 1"
+    assert row["gain"] == pytest.approx(0.02) and row["paper"] == 0.99

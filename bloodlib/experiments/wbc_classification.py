@@ -158,6 +158,16 @@ register(EXPERIMENT, {
 })
 
 
+def pretrained_table(reference_dir: Any = None) -> pd.DataFrame:
+    """PBC 8 classes, paper 1's 80/20: the committed pairs fine-tuned from ImageNet vs from
+    scratch (same network, size and budget, side by side), test accuracy, beside paper
+    2's 99.31 % (its Table 6, Mask R-CNN + ResNet-101)."""
+    from ..results import paper_table, pretrained_vs_scratch
+    claim = float(paper_table("paper2", "table6").iloc[0]["accuracy"])
+    return pretrained_vs_scratch(EXPERIMENT, "accuracy", reference_dir,
+                                 paper={"pbc_paper1_80_20": claim})
+
+
 def reference_table(reference_dir: Any = None) -> pd.DataFrame:
     """The committed ``bench_cpu``/``full`` results of this experiment (``results/reference``):
     accuracy, macro F1 / precision / recall, ROC-AUC, minutes and peak memory per protocol

@@ -706,6 +706,18 @@ def cross_dataset_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
 
 
 # ----------------------------------------------------------------------------- committed benchmark
+def pretrained_table(reference_dir: Any = None, metric: str = "dice") -> pd.DataFrame:
+    """The committed pairs of the EfficientNet-Lite0 U-Net fine-tuned from ImageNet vs
+    from scratch (side by side) on each Zheng set, ``metric`` on test, beside WCSegNet's
+    figure in paper 5's Table 1."""
+    from ..results import paper_table, pretrained_vs_scratch
+    table = paper_table(PAPER, "table1")
+    paper = {d: float(table[(table["model"] == "WCSegNet") & (table["dataset"] == label)]
+                      .iloc[0][metric])
+             for d, label in DATASET_LABELS.items()} if metric in table.columns else None
+    return pretrained_vs_scratch(EXPERIMENT, metric, reference_dir, paper=paper)
+
+
 def reference_table(reference_dir: Any = None, experiment: str = EXPERIMENT) -> pd.DataFrame:
     """The committed ``bench_cpu``/``full`` results of ``experiment`` (``results/reference``):
     one row per dataset and model with the headline metrics, training minutes and peak
