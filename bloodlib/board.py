@@ -255,14 +255,31 @@ def configuration(variant: str) -> str:
     return re.sub(r"[\s,;-]*,[\s,;-]*", ", ", left).strip(" ,;-")
 
 
-def wide_table(cmp: pd.DataFrame) -> pd.DataFrame:
+def _paper_rows(cmp: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
+    """The paper's own rows of ``ref`` as comparison rows without values of ours (shown
+    beside rows that only we have, so the reader sees the paper's figures)."""
+    units, labels = ref.attrs["units"], ref.attrs["labels"]
+    descriptors = [c for c in ref.columns if c not in units]
+    keys = [m for m in dict.fromkeys(cmp["metric"]) if m in units]
+    rows = [{"row": ", ".join(str(r[c]) for c in descriptors if pd.notna(r[c])), "metric": m,
+             "label": labels[m], "paper": r[m], "ours": np.nan, "run": "", "variant": ""}
+            for _, r in ref.iterrows() for m in keys]
+    return pd.DataFrame(rows)
+
+
+def wide_table(cmp: pd.DataFrame, ref: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One paper table laid out like the paper's: one row per table row; for each metric
     the paper's value, then ours from the main run (no variant) of each profile and
-    origin (``metric (run)``). Variants and repeats go to :func:`appendix_table`."""
+    origin (``metric (run)``). Variants and repeats go to :func:`appendix_table`. When
+    some rows are ours only (a backbone the paper lacks) and ``ref`` (the paper's table)
+    is given, the paper's rows are listed too."""
     if cmp.empty:
         return pd.DataFrame()
+    if ref is not None and cmp["row"].str.endswith("(ours only)").any():
+        cmp = pd.concat([cmp, _paper_rows(cmp, ref)], ignore_index=True)
     rows = list(dict.fromkeys(cmp["row"]))
-    main = cmp[cmp["variant"].fillna("") == ""] if "variant" in cmp else cmp
+    main = cmp[(cmp["variant"].fillna("") == "") & cmp["ours"].notna()] if "variant" in cmp \
+        else cmp
     out = pd.DataFrame({"row": rows})
     for label in dict.fromkeys(cmp["label"]):
         sub = cmp[cmp["label"] == label]
@@ -409,7 +426,7 @@ def build_board(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ref = paper_table(paper, table)
         papers.setdefault(paper, {})[table] = {"caption": ref.attrs["caption"],
                                                "unit": ref.attrs["unit"],
-                                               "comparison": sub, "wide": wide_table(sub),
+                                               "comparison": sub, "wide": wide_table(sub, ref),
                                                "appendix": appendix_table(sub)}
     others = [r for r in results if r.get("result_id") not in matched]
     return {"runs": runs_table(results), "papers": papers, "others": others,
@@ -463,7 +480,7 @@ def write_board(out_dir: PathLike, results_dirs: Optional[Sequence[PathLike]] = 
                    *(_html_table(part) for part in parts),
                    f"<p><img src='figures/{fig_path.name}' style='max-width:100%'></p>"]
             appendix = t["appendix"]
-            if len(appendix) > len(t["wide"]):  # more runs than the main columns show
+            if (appendix["configuration"] != "main run").any() or (appendix["runs"] > 1).any():
                 title = f"{table}, every run (variants; repeats as mean ± sd)"
                 md += ["", f"<details><summary>{title}</summary>", ""]
                 md += [x for part in split_columns(appendix) for x in (_md_table(part), "")]

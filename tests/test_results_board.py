@@ -184,3 +184,16 @@ def test_paper2_backbones_fill_tables_3_to_5_including_rows_the_paper_lacks():
     assert cmp[(cmp["table"] == "table5") & (cmp["metric"] == "F1")]["ours"].tolist() == [0.9, 0.9]
     own = t4.loc[("Mask R-CNN, EfficientNet-Lite0 (ImageNet) (ours only)", "mAP50")]
     assert own["ours"] == 0.8 and np.isnan(own["paper"])
+
+
+def test_a_table_with_rows_of_ours_only_lists_the_papers_rows_too():
+    from bloodlib.experiments import maskrcnn_backbones as mb
+    from bloodlib.results import paper_table
+    r = make_result("maskrcnn_backbones", "paper2", "pbc", "test", {"val_mAP50": 0.5}, {}, 0,
+                    "bench_cpu", 1.0, model="mask_rcnn_efficientnet_lite0",
+                    extra=mb.board_placement("efficientnet_lite0", True))
+    cmp = board.comparisons([r])
+    wide = board.wide_table(cmp[cmp["table"] == "table4"], paper_table("paper2", "table4"))
+    assert len(wide) == 1 + len(paper_table("paper2", "table4"))
+    row = wide.set_index("row").loc["Mask R-CNN, ResNet50, PBC"]
+    assert row["mAP (0.5) (paper)"] == 0.8902 and np.isnan(row.filter(like="bench_cpu").iloc[0])
