@@ -467,8 +467,8 @@ class TrainLoop:
         self._t0, self._seconds0 = time.monotonic(), self.state.seconds
         self._start_step, self.steps_this_run = self.state.step, 0
         self.module.train()
-        self.bar = progress_bar(None, self._total_steps(), self.desc, self.progress and ddp.is_main(),
-                        leave=False)
+        self.bar = progress_bar(None, self._total_steps(), self.desc,
+                                self.progress and ddp.is_main(), leave=False)
         self.bar.update(self.state.step)
         try:
             for hook in self.hooks:
