@@ -323,6 +323,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of ``metrics`` as floats (what a results JSON may hold)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+            and math.isfinite(v)}
+
+
 def pretrained_vs_scratch(experiment: str, metric: str, reference_dir: Any = None,
                           paper: Optional[Mapping[str, float]] = None) -> pd.DataFrame:
     """The committed side-by-side runs of ``experiment`` (benchmark profiles): one row per

@@ -92,3 +92,15 @@ def test_the_floors_import_nothing_above_them():
 
 def test_a_circle_is_found():
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_shared_helpers_are_written_once():
+    """Issue 26: helpers the experiments had copied now exist once, re-exported by name."""
+    from bloodlib.data.splits import subset_coco
+    from bloodlib.experiments import blood_cancer, mcnet_detection, wbc_classification
+    from bloodlib.experiments import wbc_segmentation
+    from bloodlib.results import finite_metrics
+    assert mcnet_detection.subset_coco is blood_cancer.subset_coco is subset_coco
+    assert wbc_classification.finite is wbc_segmentation.finite is blood_cancer.finite \
+        is finite_metrics
+    assert finite_metrics({"a": 1, "b": float("nan"), "c": None, "d": "x"}) == {"a": 1.0}

@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence, Union
+from typing import Any, Hashable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -169,3 +169,19 @@ def load_split(path: PathLike, with_meta: bool = False):
         raise AnnotationError(f"{path} is not a split file (no 'splits' key).")
     splits = doc.pop("splits")
     return (splits, doc) if with_meta else splits
+
+
+def subset_coco(coco: dict, n: Optional[int], seed: int = 0) -> dict:
+    """At most ``n`` images of a COCO dict (a seeded random choice, the original order
+    kept) with their annotations; ids are unchanged and ``info["subset_of"]`` records the
+    original count."""
+    if n is None or n >= len(coco["images"]):
+        return coco
+    rng = np.random.default_rng(seed)
+    keep = set(rng.choice(len(coco["images"]), size=int(n), replace=False).tolist())
+    images = [im for i, im in enumerate(coco["images"]) if i in keep]
+    ids = {im["id"] for im in images}
+    out = {**coco, "images": images,
+           "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
+    out["info"] = {**coco.get("info", {}), "subset_of": len(coco["images"])}
+    return out

@@ -47,6 +47,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import register
+from ..results import finite_metrics
+from ..data.splits import subset_coco  # noqa: F401  (also notebooks' mc./bc.subset_coco)
 from ..engine import distributed as ddp
 from ..engine.checkpoint import resolve_resume, run_checkpoint
 from ..engine.device import device_plan
@@ -127,17 +129,6 @@ register(EXPERIMENT, {
 
 
 # ============================================================================ data
-def subset_coco(coco: dict, n: Optional[int], seed: int = 0) -> dict:
-    """At most ``n`` images of ``coco`` (a seeded random choice, original order kept) with
-    their annotations; ids are unchanged."""
-    if n is None or n >= len(coco["images"]):
-        return coco
-    rng = np.random.default_rng(seed)
-    keep = sorted(rng.choice(len(coco["images"]), int(n), replace=False))
-    images = [coco["images"][i] for i in keep]
-    ids = {im["id"] for im in images}
-    return {**coco, "images": images,
-            "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
 
 
 def synthetic_cells(out_dir: Any, n_images: int, seed: int, split: str,
@@ -310,10 +301,7 @@ def evaluate_predictions(preds: Sequence[Prediction], ev: EvalSet,
             "segm_AP": segm.AP, "segm_AP50": segm.AP50, "segm_AP75": segm.AP75}
 
 
-def finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Only the finite values (results JSONs must not hold NaN)."""
-    return {k: float(v) for k, v in metrics.items()
-            if v is not None and isinstance(v, (int, float)) and math.isfinite(v)}
+finite = finite_metrics  # the notebooks call it by this name
 
 
 # ============================================================================ models

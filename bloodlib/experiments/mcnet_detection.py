@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import register
+from ..data.splits import subset_coco  # noqa: F401  (also notebooks' mc./bc.subset_coco)
 from ..engine import distributed as ddp
 from ..metrics.detection import detection_roc  # noqa: F401  (notebook 01 calls mc.detection_roc)
 
@@ -125,19 +126,6 @@ register(EXPERIMENT, {
 
 
 # ----------------------------------------------------------------------------- data
-def subset_coco(coco: dict, n: Optional[int], seed: int = 0) -> dict:
-    """At most ``n`` images of ``coco`` (a seeded random choice, original order kept)
-    with their annotations; the same dict when ``n`` is None or large enough."""
-    if n is None or n >= len(coco["images"]):
-        return coco
-    rng = np.random.default_rng(seed)
-    keep = set(rng.choice(len(coco["images"]), size=int(n), replace=False).tolist())
-    images = [im for i, im in enumerate(coco["images"]) if i in keep]
-    ids = {im["id"] for im in images}
-    out = {**coco, "images": images,
-           "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
-    out["info"] = {**coco.get("info", {}), "subset_of": len(coco["images"])}
-    return out
 
 
 def split_coco(coco: dict, fraction: float, seed: int = 0) -> tuple[dict, dict]:

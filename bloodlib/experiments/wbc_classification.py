@@ -87,6 +87,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import register
+from ..results import finite_metrics
 from ..engine import distributed as ddp
 from ..data.parsers.pbc import PBC_CLASSES
 from ..errors import DatasetIntegrityError, DatasetNotFoundError
@@ -611,9 +612,7 @@ class Evaluation:
         return np.flatnonzero(self.y_true != self.y_pred)
 
 
-def finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Only the finite values (e.g. drops the AUC of a class absent from a test set)."""
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+finite = finite_metrics  # the notebooks call it by this name
 
 
 def evaluate(model: nn.Module, data: CellImages, classes: Sequence[str], tta: str = "none",

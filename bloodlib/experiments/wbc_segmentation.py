@@ -35,7 +35,6 @@ Choices made here (the paper does not say):
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from collections import Counter
@@ -49,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import register
+from ..results import finite_metrics
 from ..data.masks import NUCLEUS, read_label_mask
 from ..data.records import MaskedImage
 from ..data.splits import stratified_split
@@ -262,9 +262,7 @@ def paper5_metrics(multi: Mapping[str, float], nucleus: Mapping[str, float]) -> 
     return {k: float(v) for k, v in out.items()}
 
 
-def finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Only the finite values (e.g. drops the basophil scores of a test set without one)."""
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+finite = finite_metrics  # the notebooks call it by this name
 
 
 @torch.no_grad()
