@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 PROFILE ?= quick
 NOTEBOOKS ?=
 
-.PHONY: setup course test test-fast bench lab clean
+.PHONY: setup course test test-fast bench gpu-check lab clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-fast: $(STAMP)      ## unit tests only (no notebook execution)
 
 bench: $(STAMP)          ## benchmark NOTEBOOKS="05" in PROFILE=bench_cpu, writes results/reference/
 	$(PY) -m bloodlib bench --profile $(if $(filter quick,$(PROFILE)),bench_cpu,$(PROFILE)) $(NOTEBOOKS)
+
+gpu-check: $(STAMP)      ## on a GPU: each full model's speed, memory and projected hours
+	$(PY) -m bloodlib.gpu_check
 
 lab: $(STAMP)            ## open the course in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks/

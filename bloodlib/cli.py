@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "it on the test split and write its results JSON to OUT/results. Runs the "
                     "same under 'torchrun --nproc-per-node N -m bloodlib train ...' "
                     "(DistributedDataParallel, rank 0 writes).")
-    train.add_argument("experiment", help="mcnet, wbc_classification, wcsegnet, unet_family, "
-                                          "blood_cancer")
+    train.add_argument("experiment", help="mcnet, maskrcnn_backbones, blood_cancer, "
+                                          "wbc_classification, unet_family, wcsegnet")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="profile settings, Python literals (iterations=5000 lr=0.01)")
     train.add_argument("--model", help="which model (default: the experiment's main one)")
@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue an interrupted run from OUT/checkpoints/")
     train.add_argument("--sync-batchnorm", action="store_true",
                        help="under torchrun on GPUs: batch-norm statistics over all ranks")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto")
+    train.add_argument("--seed", type=int, default=0, help="split and training seed")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... "
+                                                        "(under torchrun: each rank's own GPU)")
     train.set_defaults(func=_cmd_train)
 
     bench = sub.add_parser(
