@@ -32,8 +32,8 @@ from . import distributed as ddp
 from .checkpoint import resolve_resume
 from .device import device_plan
 from .loop import (CheckpointHook, Hook, LossDictStep, PeriodicEval, TrainLoop,
-                   images_to_device, progress_bar as _bar, targets_to_device, warmup_scheduler)
-from .trainer import _eval_mode
+                   eval_mode as _eval_mode, images_to_device, progress_bar as _bar,
+                   targets_to_device, warmup_scheduler)
 
 __all__ = ["Stage", "PAPER1_STAGES", "LOSS_KEYS", "LOSS_LABELS", "DetectionTraining",
            "train_detector", "scale_stages", "predict_coco", "evaluate_detector",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -36,7 +37,7 @@ from .rng import rng_state, set_rng_state
 __all__ = ["LoopState", "Hook", "TrainStep", "SupervisedStep", "LossDictStep", "TrainLoop",
            "SchedulerHook", "CheckpointHook", "PeriodicEval", "warmup_scheduler", "RUN_LISTENERS",
            "move_to_device", "unpack_batch", "progress_bar", "targets_to_device",
-           "images_to_device"]
+           "images_to_device", "eval_mode", "cpu_state"]
 
 
 #: Called with each :class:`TrainLoop` when its ``run`` ends (also after an error);
@@ -92,6 +93,22 @@ def move_to_device(x: Any, device: torch.device, channels_last: bool = False) ->
     if channels_last and x.ndim == 4 and x.is_floating_point():
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; the previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``model``'s weights (the best epoch's, kept in memory)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def progress_bar(iterable: Optional[Iterable], total: Optional[int], desc: str, progress: bool,
@@ -340,20 +357,15 @@ class PeriodicEval(Hook):
 
     def run(self, loop: "TrainLoop") -> None:
         model = loop.module
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             metrics = {k: float(v) for k, v in self.evaluate(model).items()}
-        finally:
-            model.train(was)
         self.evals.append({"step": loop.state.step, **metrics})
         score = metrics.get(self.monitor)
         if score is not None and math.isfinite(score) and \
                 (self.best_score is None or score > self.best_score):
             self.best_score, self.best_step = score, loop.state.step
             if self.keep_best:
-                self.best_state = {k: v.detach().to("cpu", copy=True)
-                                   for k, v in model.state_dict().items()}
+                self.best_state = cpu_state(model)
 
     def after_step(self, loop: "TrainLoop") -> None:
         if self.every_steps and loop.state.step % self.every_steps == 0 \
@@ -456,7 +468,9 @@ class TrainLoop:
         return time.monotonic() - self._t0
 
     def _check_time(self) -> None:
-        over = self.time_budget_s is not None and self.elapsed() > self.time_budget_s
+        if self.time_budget_s is None:  # nothing to agree on: no all-reduce per step
+            return
+        over = self.elapsed() > self.time_budget_s
         if ddp.any_rank(over) and not self.finished_steps():
             self.request_stop("time_budget")
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -25,8 +25,8 @@ from torch import nn
 from . import distributed as ddp
 from .checkpoint import _unwrap, load_checkpoint, resolve_resume, save_checkpoint
 from .device import amp_dtype as resolve_amp_dtype, device_plan
-from .loop import (CheckpointHook, Hook, SchedulerHook, SupervisedStep, TrainLoop,
-                   move_to_device as _move, unpack_batch as _unpack)
+from .loop import (CheckpointHook, Hook, SchedulerHook, SupervisedStep, TrainLoop, cpu_state,
+                   eval_mode as _eval_mode, move_to_device as _move, unpack_batch as _unpack)
 
 __all__ = ["History", "fit", "EpochValidation", "mean_loss", "evaluate_segmentation",
            "segmentation_evaluator", "predict_segmentation", "last_checkpoint_path",
@@ -97,15 +97,6 @@ def _limited(loader: Iterable, max_batches: Optional[int]) -> tuple[Iterable, Op
     return loader, total
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode inside the block; the previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def last_checkpoint_path(checkpoint_path: str | Path) -> Path:
@@ -215,8 +206,7 @@ class EpochValidation(Hook):
         if history.is_better(score, self.min_delta):
             history.best_epoch, history.best_score = epoch, score
             if self.best_path is not None:
-                self.best_state = {k: v.detach().to("cpu", copy=True)
-                                   for k, v in loop.module.state_dict().items()}
+                self.best_state = cpu_state(loop.module)
                 self._pending = {"epoch": epoch, "rows": list(history.rows),
                                  "state": history.state()}
         if loop.bar is not None:
