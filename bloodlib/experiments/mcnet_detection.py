@@ -30,8 +30,10 @@ Choices made here (the paper does not say, or cannot be followed on a CPU):
 * **Training.** SGD, momentum 0.9, weight decay 1e-4 (section 4.1). The staged schedule
   (heads 50k, from stage 4 80k at 1e-3, all 40k at 1e-4) is used in ``full`` when the
   ImageNet backbone weights are in the torch hub cache; from random weights a frozen
-  backbone makes no sense, so all layers train. The CPU profiles use a MobileNetV3
-  backbone, smaller heads and images, and a time budget per model.
+  backbone makes no sense, so all layers train. ``quick`` fine-tunes an ImageNet
+  EfficientNet-Lite0 (packaged weights, offline), ``bench_cpu`` a MobileNetV3; both use
+  smaller heads and images and a time budget per model. YOLO starts from ultralytics'
+  COCO weights only when they are on disk (``yolo_pretrained``).
 """
 
 from __future__ import annotations
@@ -74,21 +76,24 @@ _COMMON = {"models": list(MODELS), "aspect_ratios": [0.5, 1.0, 2.0], "anchor_siz
            "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 10.0, "score_threshold": 0.5,
            "iou_threshold": 0.5, "num_workers": 0, "hflip": 0.5, "vflip": 0.5,
            "txl_val_fraction": 0.1, "yolo_model": "yolov9t", "samples_per_grid": 3,
+           # ultralytics' COCO weights: "auto" uses them when on disk, else from scratch
+           "yolo_pretrained": "auto",
            "store_model": False,
            # ultralytics' own multi-GPU training: e.g. [0, 1] or "0,1" (None: the run's device)
            "yolo_devices": None}
 register(EXPERIMENT, {
-    # ~3 min on 2 cores: BCCD subset, MobileNetV3 backbone at 256 px, seconds per model
-    "quick": {**_COMMON, "datasets": ["bccd"], "backbone": "mobilenet_v3_large",
-              "pretrained": "auto", "min_size": 256, "max_size": 352, "heads": LIGHT_HEADS,
+    # a few minutes on 2 cores: BCCD subset, fine-tuning an ImageNet EfficientNet-Lite0
+    # (packaged weights, offline) at 256 px for half a minute per model
+    "quick": {**_COMMON, "datasets": ["bccd"], "backbone": "efficientnet_lite0",
+              "pretrained": True, "min_size": 256, "max_size": 352, "heads": LIGHT_HEADS,
               "preprocessing": {"clahe": True, "stain": None}, "batch_size": 2,
-              "iterations": 200, "lr": 0.02, "warmup_iters": 10, "lr_steps": [],
-              "stages": None, "time_budget_s": 15, "eval_every_epochs": None,
+              "iterations": 200, "lr": 0.01, "warmup_iters": 10, "lr_steps": [],
+              "stages": None, "time_budget_s": 30, "eval_every_epochs": None,
               "max_train_images": 24, "max_val_images": 6, "max_test_images": 10,
               "yolo_imgsz": 256, "yolo_epochs": 3, "yolo_batch": 4, "yolo_time_budget_s": 12,
               "yolo_overrides": {"mosaic": 0.0, "warmup_epochs": 0.0},
               "pbc": True, "pbc_models": list(MODELS), "pbc_per_class": {"train": 4, "test": 2},
-              "pbc_min_size": 128, "pbc_iterations": 60, "pbc_time_budget_s": 6,
+              "pbc_min_size": 128, "pbc_iterations": 60, "pbc_time_budget_s": 15,
               "pbc_yolo_epochs": 2, "pbc_yolo_time_budget_s": 6, "synthetic_images": 24},
     # the benchmark: each model 60 min on 2 CPU cores on the full BCCD train split (probe:
     # ~1.5 s CPU per step of 2 images at 480x640 for Faster R-CNN / MCNet, single thread;
@@ -365,7 +370,7 @@ def train_yolo_model(splits: Mapping[str, dict], knobs: Mapping[str, Any], devic
                            imgsz=int(imgsz or knobs["yolo_imgsz"]), batch=int(knobs["yolo_batch"]),
                            device=knobs.get("yolo_devices") or device, seed=seed,
                            time_budget_s=budget,
-                           pretrained=knobs.get("pretrained", "auto"), project=work / "yolo_runs",
+                           pretrained=knobs.get("yolo_pretrained", "auto"), project=work / "yolo_runs",
                            run_name=run_name, n_train_images=len(splits["train"]["images"]),
                            resume=bool(knobs.get("resume")),
                            **dict(knobs.get("yolo_overrides") or {}))
@@ -940,7 +945,7 @@ def comparison_figure(table: pd.DataFrame, title: str = ""):
 
 # ----------------------------------------------------------------------------- demo model
 def quick_model(work_dir: Any, seed: int = 0, steps: int = 75):
-    """A small Faster R-CNN (MobileNetV3-FPN, 256 px) trained for ``steps`` iterations
+    """A small Faster R-CNN (ImageNet EfficientNet-Lite0-FPN, 256 px) fine-tuned ``steps`` iterations
     (no time budget, so the same seed gives the same model) on BCCD train (synthetic
     smears when absent), for the demo's model store; returns ``(model, meta)`` with box
     AP50 on 10 BCCD test images in ``meta["metrics"]``."""
