@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from .models.classifiers import cam_layer
 
 __all__ = ["grad_cam", "overlay_cam"]
 
@@ -34,7 +35,6 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_classes: Optional[Se
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from .models.classifiers import cam_layer
 
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}.")

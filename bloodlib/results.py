@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
 import math
 import os
 import platform
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ReferenceTableError, ResultsError
-from .runtime import package_versions, total_memory_gb
+from .runtime import cpu_facts, package_versions, total_memory_gb
 from .paths import REFERENCE_DIR
 
 SCHEMA_VERSION = 1
@@ -76,7 +77,6 @@ def _command() -> str:
 
 
 def _machine() -> dict[str, Any]:
-    from .runtime import cpu_facts
     return {"platform": platform.platform(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "ram_gb": total_memory_gb(), **cpu_facts()}
 
@@ -91,8 +91,7 @@ def _cuda_torch() -> Any:
 
 
 def _default_device() -> str:
-    import torch
-
+    import torch  # here, not at the top: the board and results tools run without torch loaded
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
     return f"cpu ({os.cpu_count()} cores)"
@@ -362,7 +361,6 @@ def pretrained_vs_scratch(experiment: str, metric: str, reference_dir: Any = Non
 
 def invocation() -> str:
     """This process's command line as a user would type it."""
-    import shlex
     if Path(sys.argv[0]).name in ("__main__.py", "bloodlib", "cli.py"):
         return " ".join(shlex.quote(a) for a in ["python", "-m", "bloodlib", *sys.argv[1:]])
     return " ".join(shlex.quote(a) for a in sys.argv)

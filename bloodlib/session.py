@@ -22,6 +22,7 @@ import torch
 
 from . import config, runtime
 from .engine import distributed as ddp
+from .results import make_result, result_filename, write_result
 
 
 @dataclass
@@ -64,8 +65,6 @@ class NotebookRun:
                extra: Optional[Mapping[str, Any]] = None) -> Path:
         """Write a results JSON for this run (one call per result table row group); under
         torchrun only rank 0 writes (the others return the path it writes)."""
-        from .results import make_result, result_filename, write_result
-
         cfg = {k: v for k, v in self.knobs.items() if k != "checkpoint_dir"}  # a local path
         cfg.update(config or {})
         result = make_result(experiment or self.experiment, paper, dataset, split,

@@ -31,7 +31,15 @@ import numpy as np
 import pandas as pd
 
 from .config import register
-from .errors import BloodlibError
+from .errors import BloodlibError, ImageReadError
+from .data import synthetic
+from .io import read_image, to_rgb_uint8
+from .inference.common import (build_preprocess, check_image, preprocessing_available,
+                               stain_methods)
+from .inference.store import list_models, load_predictor, models_dir
+from .inference.pipeline import predict_image, render_overlay
+import cv2
+from PIL import Image, UnidentifiedImageError
 
 register("demo", {
     # notebook 06: quick models trained in ~20 s each (only where the store has none)
@@ -61,8 +69,6 @@ def _first(folder: Path, pattern: str, n: int) -> list[Path]:
 def example_images() -> dict[str, Callable[[], np.ndarray]]:
     """Example name -> loader: synthetic smears and cells, plus a few images of the local
     datasets (BCCD, Zheng, PBC) when they are on disk."""
-    from .data import synthetic
-    from .io import read_image
     out: dict[str, Callable[[], np.ndarray]] = {
         f"Synthetic smear 640x480 (seed {s})": (lambda s=s: synthetic.make_smear(s, 480, 640).image)
         for s in (0, 1)}
@@ -101,11 +107,6 @@ def _preferred_example(task: str, names: Sequence[str]) -> Optional[str]:
 def decode_image(source: ImageSource, name: Optional[str] = None) -> np.ndarray:
     """An RGB uint8 array from an array, encoded bytes (PNG/JPEG/BMP ...) or a path;
     errors name ``name`` (the uploaded file's name) when given."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .errors import ImageReadError
-    from .inference.common import check_image
-    from .io import read_image, to_rgb_uint8
     if isinstance(source, np.ndarray):
         return check_image(source)
     if isinstance(source, (str, Path)):
@@ -129,7 +130,6 @@ def decode_image(source: ImageSource, name: Optional[str] = None) -> np.ndarray:
 
 
 def _png(rgb: np.ndarray, max_side: int = 900) -> bytes:
-    import cv2
     h, w = rgb.shape[:2]
     if max(h, w) > max_side:
         f = max_side / max(h, w)
@@ -146,7 +146,6 @@ class PredictionDemo:
                  task: Optional[str] = None, export_dir: Union[str, Path] = "demo_exports",
                  quick_train_budget_s: float = 45.0, auto_run: bool = True) -> None:
         import ipywidgets as w
-        from .inference.common import preprocessing_available, stain_methods
 
         self.folder, self.device = folder, device
         self.export_dir = Path(export_dir)
@@ -194,7 +193,6 @@ class PredictionDemo:
 
     # -- construction
     def _initial_task(self) -> str:
-        from .inference.store import list_models
         tasks = set(list_models(folder=self.folder)["task"])
         return next((t for t in TASK_LABELS if t in tasks), "detect")
 
@@ -248,7 +246,6 @@ class PredictionDemo:
     # -- models
     def refresh_models(self) -> list[str]:
         """Fill the model dropdowns from the store; offer a quick model when none exists."""
-        from .inference.store import list_models, models_dir
         df = list_models(folder=self.folder)
         names = list(df.loc[df["task"] == self.task.value, "name"])
         self.model.options = names
@@ -270,9 +267,9 @@ class PredictionDemo:
 
     def train_quick_model(self) -> Path:
         """Train and store a quick model for the current task, then select it."""
-        from .inference.quick_models import train_quick_model
         self._say(f"Training a quick {self.task.value!r} model "
                   f"(about {self.quick_train_budget_s:.0f} s) ...")
+        from .inference.quick_models import train_quick_model  # loads the training code: only here
         path = train_quick_model(self.task.value, self.folder,
                                  time_budget_s=self.quick_train_budget_s)
         self.refresh_models()
@@ -282,7 +279,6 @@ class PredictionDemo:
         return path
 
     def _predictor(self, name: str, task: str) -> Any:
-        from .inference.store import load_predictor
         key = (task, name)
         if key not in self._predictors:
             self._predictors[key] = load_predictor(name, device=self.device, task=task,
@@ -344,8 +340,6 @@ class PredictionDemo:
 
     def run(self) -> list[Any]:
         """Predict every loaded image with the chosen task, model and settings."""
-        from .inference.common import build_preprocess
-        from .inference.pipeline import predict_image
         if not self.images:
             raise BloodlibError("No image loaded: upload one or load an example first.")
         if not self.model.value:
@@ -401,7 +395,6 @@ class PredictionDemo:
 
     def overlays(self) -> list[np.ndarray]:
         """The rendered overlay (RGB uint8) of every prediction."""
-        from .inference.pipeline import render_overlay
         return [render_overlay(p) for p in self.predictions]
 
     def _render(self) -> None:

@@ -29,6 +29,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .errors import WeightsNotFoundError
+from .data.convert import coco_to_yolo
+from .data.records import category_names
+from .metrics.detection import coco_evaluate
+from .engine.checkpoint import load_checkpoint, save_checkpoint
+import pandas as pd
+import torch
 
 __all__ = ["YOLO_MODELS", "configure_offline", "yolo_workdir", "find_local_weights",
            "build_yolo", "export_yolo_dataset", "YoloTraining", "train_yolo",
@@ -162,8 +168,6 @@ def export_yolo_dataset(splits: Mapping[str, dict], out_dir: Union[str, os.PathL
     """Write each ``{split_name: coco}`` in YOLO format under ``out_dir`` (image symlinks,
     label txt files, one ``data.yaml``); returns ``data.yaml``. All splits must share
     the same categories."""
-    from .data.convert import coco_to_yolo
-    from .data.records import category_names
     if not splits:
         raise ValueError("No splits to export.")
     names = {k: category_names(c) for k, c in splits.items()}
@@ -223,7 +227,6 @@ def train_yolo(data_yaml: Union[str, os.PathLike], name: str = "yolov9t", *, epo
     ``resume`` continues this run's ``weights/last.pt`` (ultralytics' own resume, which
     restores the optimizer, the epoch and the run's settings) when it exists.
     """
-    import pandas as pd
     work = _ensure()
     model = build_yolo(name, pretrained)
     dev = _device_arg(device)
@@ -304,7 +307,6 @@ def predict_coco_yolo(model: Any, coco: dict, *, imgsz: int = 640, conf: float =
 def evaluate_yolo(model: Any, coco: dict, *, imgsz: int = 640, device: Any = "cpu",
                   predictions: Optional[Sequence[dict]] = None, max_dets: int = 100):
     """Our :func:`bloodlib.metrics.coco_evaluate` (bbox) of ``model`` on ``coco``."""
-    from .metrics.detection import coco_evaluate
     preds = list(predictions) if predictions is not None else \
         predict_coco_yolo(model, coco, imgsz=imgsz, device=device)
     return coco_evaluate(coco, preds, iou_type="bbox", max_dets=max_dets)
@@ -317,7 +319,6 @@ def save_yolo_checkpoint(model: Any, path: Union[str, os.PathLike], classes: Seq
     """Save ``model``'s network with the course's checkpoint contract: ``architecture``
     "yolo", ``architecture_kwargs`` {"cfg": "<name>.yaml", "nc": K}, ``classes``,
     ``input_size``; loadable with ``weights_only=True``."""
-    from .engine.checkpoint import save_checkpoint
     m = dict(meta or {})
     m.setdefault("task", "detect")
     m["architecture"] = "yolo"
@@ -331,11 +332,9 @@ def save_yolo_checkpoint(model: Any, path: Union[str, os.PathLike], classes: Seq
 
 def load_yolo_checkpoint(path: Union[str, os.PathLike], device: Any = "cpu"):
     """``(ultralytics.YOLO, meta)`` from :func:`save_yolo_checkpoint`'s file."""
-    import torch
     _ensure()
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
-    from .engine.checkpoint import load_checkpoint
     ckpt = load_checkpoint(path, None, map_location="cpu")
     meta = ckpt["meta"]
     kw = meta.get("architecture_kwargs", {})

@@ -104,3 +104,25 @@ def test_shared_helpers_are_written_once():
     assert wbc_classification.finite is wbc_segmentation.finite is blood_cancer.finite \
         is finite_metrics
     assert finite_metrics({"a": 1, "b": float("nan"), "c": None, "d": "x"}) == {"a": 1.0}
+
+
+#: modules that import lazily on purpose: ``bloodlib --help`` must answer without torch
+LAZY_MODULES = {"cli.py", "predict_cli.py", "training_cli.py", "__main__.py"}
+
+
+def test_imports_sit_at_module_top():
+    """A function may import a bloodlib module only inside a branch or with a comment that
+    says why (the CLI modules excepted)."""
+    unexplained = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in LAZY_MODULES:
+            continue
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for st in fn.body:
+                if isinstance(st, ast.ImportFrom) and st.level > 0 \
+                        and "#" not in "".join(lines[st.lineno - 1:st.end_lineno]):
+                    unexplained.append(f"{path.relative_to(PACKAGE)}:{st.lineno}")
+    assert unexplained == []

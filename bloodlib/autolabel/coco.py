@@ -14,6 +14,7 @@ from ..data.convert import category_id, mask_to_rle
 from ..data.records import LabelledImage, new_coco
 from ..io import read_image
 from .segment import AutolabelError, _hull, cell_kind, segment_in_box, segment_single_cell
+from tqdm.auto import tqdm
 
 __all__ = ["autolabel_boxes", "autolabel_pbc"]
 
@@ -99,6 +100,5 @@ def autolabel_pbc(records: Sequence[LabelledImage], classes: Sequence[str], meth
 def _progress(items: Sequence[Any], show: bool, desc: str):
     if not show:
         return items
-    from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc)

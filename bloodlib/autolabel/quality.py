@@ -15,6 +15,8 @@ from ..data.convert import category_id, mask_to_rle, rle_to_mask
 from ..data.records import category_names
 from ..io import read_image
 from .segment import _KINDS, AutolabelError, _ellipse, _tight_box, segment_in_box, segment_single_cell
+from ..data.masks import cell_mask, read_label_mask
+from ..data.parsers import load_bccd, load_bccd_wbc_masks, load_zheng
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -57,8 +59,6 @@ def _bccd_cells(box_source: str, root: Any, bccd_root: Any, limit: Optional[int]
                 min_area: int = 300) -> list[_Cell]:
     """One cell per connected component (>= ``min_area`` px) of each BCCD WBC mask;
     masks are read until ``limit`` cells are found."""
-    from ..data.masks import cell_mask, read_label_mask
-    from ..data.parsers import load_bccd, load_bccd_wbc_masks
 
     records = load_bccd_wbc_masks(root, bccd_root, on_missing="ignore")
     boxes: dict[str, list[tuple[float, ...]]] = {}
@@ -103,8 +103,6 @@ def _best_box(ref: Sequence[float], candidates: Sequence[Sequence[float]],
 
 
 def _zheng_cells(which: str, root: Any, limit: Optional[int] = None) -> list[_Cell]:
-    from ..data.masks import cell_mask, read_label_mask
-    from ..data.parsers import load_zheng
 
     cells = []
     for rec in load_zheng(which, root)[:limit]:

@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_multiotsu
+from skimage.filters import sobel, threshold_multiotsu
 from skimage.segmentation import watershed
 
 from ..errors import AnnotationError, AutolabelError, UnknownClassError
@@ -330,8 +330,6 @@ def _azure(feat: np.ndarray) -> np.ndarray:
 
 
 def _box_watershed(reg: _Region, feat: np.ndarray, kind: str) -> np.ndarray:
-    from skimage.filters import sobel
-
     smooth = cv2.GaussianBlur(feat, (0, 0), 1.0)
     grad = np.max([sobel(smooth[..., i] / (np.ptp(smooth[..., i]) + 1e-6)) for i in range(3)], axis=0)
     inner = _hull(_nucleus(reg)) if kind == "wbc" else _ellipse(reg.inbox.shape, reg.box, 0.4)

@@ -18,6 +18,9 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ImageReadError, MaskError
+from scipy import ndimage
+from skimage.morphology import remove_small_objects
+from skimage.measure import label
 
 __all__ = ["FCMResult", "fuzzy_cmeans", "fcm_memberships", "fcm_segment",
            "connected_instances"]
@@ -70,8 +73,6 @@ class FCMResult:
 
 
 def _clean(mask: np.ndarray, min_size: int) -> np.ndarray:
-    from scipy import ndimage
-    from skimage.morphology import remove_small_objects
     mask = ndimage.binary_opening(mask, iterations=1)
     mask = ndimage.binary_fill_holes(mask)
     if min_size <= 1:
@@ -117,7 +118,6 @@ def fcm_segment(image: np.ndarray, n_clusters: int = 3, m: float = 2.0,
 def connected_instances(mask: np.ndarray, min_size: int = 1) -> np.ndarray:
     """Instance masks (N, H, W) bool of the connected components of a binary mask (8-
     connectivity), those smaller than ``min_size`` pixels dropped."""
-    from skimage.measure import label
     lab = label(np.asarray(mask, bool), connectivity=2)
     ids = [i for i, n in enumerate(np.bincount(lab.ravel())) if i and n >= min_size]
     if not ids:

@@ -29,6 +29,8 @@ from urllib.parse import urlparse
 from ..io import sha256_file
 from ..errors import (BloodlibError, DatasetIntegrityError, DatasetNotFoundError,
                       UnknownDatasetError)
+import pandas as pd
+from tqdm.auto import tqdm
 
 PathLike = Union[str, Path]
 
@@ -559,8 +561,6 @@ def _stream(url: str) -> tuple[Iterator[bytes], Optional[int]]:
 
 
 def _download(url: str, target: Path, progress: bool) -> Path:
-    from tqdm.auto import tqdm
-
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     chunks, total = _stream(url)
@@ -715,8 +715,6 @@ def fetch(name: str, root: Optional[PathLike] = None, force: bool = False,
 def describe(root: Optional[PathLike] = None) -> Any:
     """The catalogue as a table: name, title, tasks, classes, licence, downloadable,
     available (layout present under ``root`` or :func:`data_dir`)."""
-    import pandas as pd
-
     return pd.DataFrame([{
         "name": d.name, "title": d.title, "tasks": ", ".join(d.tasks),
         "classes": ", ".join(d.classes), "licence": d.licence,

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .records import LabelledImage, MaskedImage, new_coco
+from pycocotools import mask as mask_utils
 
 SMEAR_CLASSES = ("WBC", "RBC", "Platelets")
 WBC_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
@@ -384,8 +385,6 @@ def write_detection_set(out_dir: PathLike, n_images: int, seed: int, height: int
     categories 1..3 follow ``SMEAR_CLASSES``; images carry an absolute ``path``.
     Calling again with the same parameters reuses the files on disk.
     """
-    from pycocotools import mask as mask_utils
-
     out = Path(out_dir).resolve()
     params = {"kind": "detection", "version": GENERATOR_VERSION, "n": n_images, "seed": seed,
               "height": height, "width": width, "split": split,

@@ -21,6 +21,9 @@ from . import parsers, synthetic
 from .records import LabelledImage, MaskedImage, category_names
 from .splits import hash_images
 from .stats import coco_stats, duplicate_report, label_stats
+from .datasets import decode_segmentation
+from .. import viz
+from .masks import read_label_mask
 
 # dataset -> {part name: loader}; parts are the official splits where they exist.
 _PARTS: dict[str, dict[str, Callable[[], Any]]] = {
@@ -125,8 +128,6 @@ def cross_dataset_overlap(overviews: Mapping[str, DatasetOverview]) -> pd.DataFr
 
 def _coco_sample(coco: dict, image: dict) -> dict[str, Any]:
     """Arguments of :func:`bloodlib.viz.draw_detections` for one COCO image."""
-    from .datasets import decode_segmentation
-
     anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
     names = category_names(coco)
     masks = [decode_segmentation(a["segmentation"], image["height"], image["width"])
@@ -140,8 +141,6 @@ def _coco_sample(coco: dict, image: dict) -> dict[str, Any]:
 
 def sample_figure(ov: DatasetOverview, n: int = 8, seed: int = 0):
     """A grid of annotated samples: boxes/masks for COCO parts, masks or labels otherwise."""
-    from .. import viz
-    from .masks import read_label_mask
 
     if not ov.parts:
         raise ValueError(f"{ov.name} has no data to draw: {ov.message}")

@@ -34,6 +34,10 @@ from .device import device_plan
 from .loop import (CheckpointHook, Hook, LossDictStep, PeriodicEval, TrainLoop,
                    eval_mode as _eval_mode, images_to_device, progress_bar as _bar,
                    targets_to_device, warmup_scheduler)
+from ..metrics.detection import coco_evaluate, torchvision_to_coco_results
+import pandas as pd
+from torchvision.transforms import v2
+from torchvision import tv_tensors
 
 __all__ = ["Stage", "PAPER1_STAGES", "LOSS_KEYS", "LOSS_LABELS", "DetectionTraining",
            "train_detector", "scale_stages", "predict_coco", "evaluate_detector",
@@ -107,7 +111,6 @@ class Preprocess(nn.Module):
         self.fn = fn
 
     def forward(self, image: torch.Tensor, target: Any = None) -> Any:
-        from torchvision import tv_tensors
         arr = (image.as_subclass(torch.Tensor).permute(1, 2, 0).clamp(0, 1) * 255).round()
         out = np.asarray(self.fn(arr.to(torch.uint8).numpy()))
         if out.shape != tuple(arr.shape) or out.dtype != np.uint8:
@@ -122,7 +125,6 @@ def detection_transforms(train: bool = True, hflip: float = 0.5, vflip: float = 
     """A torchvision v2 pipeline for :class:`bloodlib.data.datasets.DetectionDataset`:
     ``preprocess`` (e.g. CLAHE) first, then, when ``train``, random horizontal and vertical
     flips (smears have no up or left). None when there is nothing to do."""
-    from torchvision.transforms import v2
     steps: list[Any] = [Preprocess(preprocess)] if preprocess is not None else []
     if train and hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
@@ -224,7 +226,6 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
     continues ``checkpoint_path`` when it exists. Raises FloatingPointError when the loss
     stops being finite. Under torchrun the model trains with DistributedDataParallel.
     """
-    import pandas as pd
     if stages is None:
         if iterations is None or iterations < 1:
             raise ValueError("Give iterations >= 1 or a list of stages.")
@@ -306,7 +307,6 @@ def predict_coco(model: nn.Module, loader: Iterable, device: Any = "cpu",
     ``image_id``): ``bbox`` and ``score`` (the class score), plus ``segmentation`` (RLE
     of the mask > ``mask_threshold``) and ``mask_score`` (MCNet's class score x
     predicted IoU, else the class score) when the model predicts masks."""
-    from ..metrics.detection import torchvision_to_coco_results
     device = torch.device(device)
     results: list[dict] = []
     with _eval_mode(model):
@@ -336,7 +336,6 @@ def evaluate_detector(model: Optional[nn.Module], loader: Optional[Iterable], co
     model again (``model`` and ``loader`` may then be None). For ``segm`` the masks are
     ranked by ``mask_score`` (MCNet's mask scoring) when ``use_mask_scores``.
     """
-    from ..metrics.detection import coco_evaluate
     if predictions is None:
         if model is None or loader is None:
             raise ValueError("Give a model and a loader, or predictions.")

@@ -33,6 +33,8 @@ from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import DevicePlan, device_plan
 from .rng import rng_state, set_rng_state
+from tqdm.auto import tqdm
+from torch.optim.lr_scheduler import ChainedScheduler, LinearLR
 
 __all__ = ["LoopState", "Hook", "TrainStep", "SupervisedStep", "LossDictStep", "TrainLoop",
            "SchedulerHook", "CheckpointHook", "PeriodicEval", "warmup_scheduler", "RUN_LISTENERS",
@@ -114,7 +116,6 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def progress_bar(iterable: Optional[Iterable], total: Optional[int], desc: str, progress: bool,
                  leave: bool) -> Any:
     """A tqdm bar (notebook or terminal), or a silent one."""
-    from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=desc, leave=leave, disable=not progress,
                 dynamic_ncols=True)
 
@@ -244,7 +245,6 @@ def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_iters: int,
                      warmup_factor: float, main: Any = None) -> Any:
     """torch's ``LinearLR`` warm-up (from ``warmup_factor`` x lr over ``warmup_iters``
     steps) chained with a ``main`` scheduler (or alone; None when there is nothing)."""
-    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR
     parts = []
     if warmup_iters > 0 and warmup_factor != 1.0:
         parts.append(LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup_iters))

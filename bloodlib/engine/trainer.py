@@ -27,6 +27,7 @@ from .checkpoint import _unwrap, load_checkpoint, resolve_resume, save_checkpoin
 from .device import amp_dtype as resolve_amp_dtype, device_plan
 from .loop import (CheckpointHook, Hook, SchedulerHook, SupervisedStep, TrainLoop, cpu_state,
                    eval_mode as _eval_mode, move_to_device as _move, unpack_batch as _unpack)
+import pandas as pd
 
 __all__ = ["History", "fit", "EpochValidation", "mean_loss", "evaluate_segmentation",
            "segmentation_evaluator", "predict_segmentation", "last_checkpoint_path",
@@ -50,7 +51,6 @@ class History:
 
     def to_frame(self):
         """The rows as a pandas DataFrame indexed by epoch."""
-        import pandas as pd
         frame = pd.DataFrame(self.rows)
         return frame.set_index("epoch") if "epoch" in frame else frame
 

@@ -47,12 +47,40 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import register
-from ..results import finite_metrics
+from ..results import compare_with_paper, finite_metrics, paper_table, reference_table as table
 from ..data.splits import subset_coco  # noqa: F401  (also notebooks' mc./bc.subset_coco)
 from ..engine import distributed as ddp
-from ..engine.checkpoint import resolve_resume, run_checkpoint
+from ..engine.checkpoint import resolve_resume, run_checkpoint, save_checkpoint
 from ..engine.device import device_plan
 from ..engine.loop import CheckpointHook, LossDictStep, SchedulerHook, TrainLoop
+from ..data.synthetic import write_detection_set
+from ..data.parsers import load_segpc
+from ..errors import DatasetNotFoundError, ModelFormatError
+from ..data.parsers.segpc import letterbox_transform
+from ..data.convert import mask_to_rle
+from ..data.records import new_coco
+from ..metrics import coco_evaluate, matched_instance_iou, SegmentationMeter
+from ..models.rmaskrcnn import (attention_maps, build_plain_maskrcnn, build_rmaskrcnn,
+                                variant_name)
+from ..runtime import seed_everything
+from ..classical import connected_instances, fcm_segment
+from ..losses import CEDiceLoss
+from ..models import UNet
+from ..io import read_image
+from ..models.rens_gan import augment_with_gan, degrade, random_crops
+from ..data.datasets import decode_segmentation, DetectionDataset
+from ..models.classifiers import build_classifier
+from ..models.attention import attention_modules, ChannelAttention, gate
+from ..viz import overlay_mask
+from ..inference.store import read_task_checkpoint, rebuild_model
+import warnings
+import hashlib
+import json
+import re
+import cv2
+from PIL import Image
+from datetime import date
+from torchvision.transforms import v2
 
 EXPERIMENT = "blood_cancer"
 PAPER = "paper3"
@@ -135,7 +163,6 @@ def synthetic_cells(out_dir: Any, n_images: int, seed: int, split: str,
                     size: int = 256) -> dict:
     """Synthetic smears (:mod:`bloodlib.data.synthetic`) with their WBCs as the "cell"
     class — the fallback when SegPC-2021 is not on disk."""
-    from ..data.synthetic import write_detection_set
     coco = write_detection_set(Path(out_dir) / f"synthetic_cells_{split}", n_images, seed,
                                height=size, width=size, split=split, n_wbc=(2, 4))
     wbc = next(c["id"] for c in coco["categories"] if c["name"].lower() == "wbc")
@@ -146,9 +173,6 @@ def synthetic_cells(out_dir: Any, n_images: int, seed: int, split: str,
 def load_data(knobs: Mapping[str, Any], out_dir: Any, seed: int = 0) -> dict[str, Any]:
     """``{"train", "val": COCO dicts, "source": "segpc2021" | "synthetic"}``: SegPC-2021
     train and validation cells (subsets per the profile), or synthetic smears."""
-    import warnings
-    from ..data.parsers import load_segpc
-    from ..errors import DatasetNotFoundError
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SegPC valid lacks one annotated image (610)
@@ -169,7 +193,6 @@ def letterbox_valid(image_entry: Mapping[str, Any], height: int, width: int) -> 
     valid = np.ones((height, width), bool)
     if "orig_width" not in image_entry:
         return valid
-    from ..data.parsers.segpc import letterbox_transform
     s, dx, dy = letterbox_transform(image_entry["orig_width"], image_entry["orig_height"],
                                     width, height)
     y0, y1 = int(round(dy)), int(round(dy + image_entry["orig_height"] * s))
@@ -188,8 +211,6 @@ class CellDataset(Dataset):
     random horizontal/vertical flips when ``train``. Targets hold plain tensors."""
 
     def __init__(self, coco: dict, size: int, train: bool = False) -> None:
-        from torchvision.transforms import v2
-        from ..data.datasets import DetectionDataset
         steps = [v2.Resize((size, size), antialias=True)]
         if train:
             steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
@@ -224,8 +245,6 @@ class EvalSet:
 def make_eval_set(coco: dict, size: int) -> EvalSet:
     """Resize the validation images and their masks to ``size`` and build the matching
     COCO ground truth (RLE masks) for pycocotools."""
-    from ..data.convert import mask_to_rle
-    from ..data.records import new_coco
     ds = CellDataset(coco, size, train=False)
     gt = new_coco([CELL], dataset=coco["info"].get("dataset", ""), split="eval")
     images, masks, valid, ids = [], [], [], []
@@ -271,8 +290,6 @@ def evaluate_predictions(preds: Sequence[Prediction], ev: EvalSet,
     Instances with ``score >= score_threshold`` make the masks scored by IoU, pixel
     accuracy, RMSE and ``cell_iou``; COCO AP uses every instance, ranked by score.
     """
-    from ..data.convert import mask_to_rle
-    from ..metrics import SegmentationMeter, coco_evaluate, matched_instance_iou
     meter = SegmentationMeter(2, ["background", CELL])
     ious, n_gt, n_pred, results = [], 0, 0, []
     for p, gt, image_id in zip(preds, ev.masks, ev.image_ids):
@@ -309,7 +326,6 @@ def build_model(kind: str, knobs: Mapping[str, Any], variant: Optional[Mapping[s
                 ) -> nn.Module:
     """``"maskrcnn"`` (plain) or ``"rmaskrcnn"`` (``variant`` overrides
     :data:`MAIN_VARIANT`) with the profile's backbone, image size and channels."""
-    from ..models.rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn
     common = dict(backbone=knobs["backbone"], pretrained_backbone=knobs["pretrained_backbone"],
                   image_size=int(knobs["image_size"]), fpn_channels=int(knobs["fpn_channels"]),
                   mask_channels=int(knobs["mask_channels"]),
@@ -414,7 +430,6 @@ def train_detector(model: nn.Module, coco: dict, knobs: Mapping[str, Any], devic
                    time_budget_s: Optional[float] = None) -> TrainLog:
     """Train a torchvision Mask R-CNN on ``coco`` (flips, ``image_size``, batch size and
     optimiser from the profile) for ``steps`` (default ``train_steps``) or the time budget."""
-    from ..runtime import seed_everything
     seed_everything(seed)
     loader = DataLoader(CellDataset(coco, int(knobs["image_size"]), train=True),
                         batch_size=int(knobs["batch_size"]), shuffle=True, collate_fn=collate,
@@ -430,8 +445,6 @@ def train_detector(model: nn.Module, coco: dict, knobs: Mapping[str, Any], devic
 
 def _config_tag(model: nn.Module) -> str:
     """A short hash of a model's build configuration (variants get their own checkpoints)."""
-    import hashlib
-    import json
     cfg = getattr(model, "bloodlib_config", None) or {"class": type(model).__name__}
     return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -450,7 +463,6 @@ def predict_detector(model: nn.Module, ev: EvalSet, device: Any = "cpu",
 
 
 def _semantic_prediction(foreground: np.ndarray, min_size: int) -> Prediction:
-    from ..classical import connected_instances
     inst = connected_instances(foreground, min_size)
     return Prediction(inst, np.ones(len(inst), np.float32))
 
@@ -459,7 +471,6 @@ def predict_fcm(ev: EvalSet, knobs: Mapping[str, Any], seed: int = 0
                 ) -> tuple[list[Prediction], list[np.ndarray]]:
     """FCM on every evaluation image (inside its valid region): instance predictions
     (connected components) and the FCM label maps."""
-    from ..classical import fcm_segment
     preds, labels = [], []
     for image, valid in zip(ev.images, ev.valid):
         r = fcm_segment(to_uint8(image), int(knobs["fcm_clusters"]), valid=valid,
@@ -488,9 +499,6 @@ class _SemanticView(Dataset):
 def train_unet(coco: dict, knobs: Mapping[str, Any], device: Any = "cpu", seed: int = 0
                ) -> tuple[nn.Module, TrainLog]:
     """The segmentation track's U-Net (cell vs background, CE + Dice) on ``coco``."""
-    from ..losses import CEDiceLoss
-    from ..models import UNet
-    from ..runtime import seed_everything
     seed_everything(seed)
     model = UNet(3, 2, base_channels=int(knobs["unet_base_channels"]))
     loader = DataLoader(_SemanticView(CellDataset(coco, int(knobs["image_size"]), train=True)),
@@ -526,7 +534,6 @@ def train_and_evaluate(kind: str, train_coco: dict, ev: EvalSet, knobs: Mapping[
                        ) -> dict[str, Any]:
     """Build, train (``train_steps``/``time_budget_s``, or the ``ablation_*`` ones) and
     evaluate one Mask R-CNN; ``{"model", "log", "metrics", "preds"}``."""
-    from ..runtime import seed_everything
     seed_everything(seed)
     model = build_model(kind, knobs, variant)
     steps = knobs["ablation_steps"] if ablation else knobs["train_steps"]
@@ -540,14 +547,12 @@ def train_and_evaluate(kind: str, train_coco: dict, ev: EvalSet, knobs: Mapping[
 
 def slug(name: str) -> str:
     """``"FPN-CA + B-U"`` -> ``"fpn_ca_b_u"`` (for file and model names)."""
-    import re
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def ablation_name(variant: Mapping[str, Any]) -> str:
     """Readable name of an R-Mask R-CNN variant
     (:func:`~bloodlib.models.rmaskrcnn.variant_name`)."""
-    from ..models.rmaskrcnn import variant_name
     v = {**MAIN_VARIANT, **dict(variant)}
     return variant_name(v["attention"], v["bottom_up"], v["multiscale_mask_head"])
 
@@ -575,7 +580,6 @@ def run_ablation(train_coco: dict, ev: EvalSet, knobs: Mapping[str, Any], device
 # ============================================================================ RENS-GAN
 def coco_images(coco: dict) -> list[np.ndarray]:
     """The RGB uint8 images of a COCO dict, in order."""
-    from ..io import read_image
     return [read_image(im["path"]) for im in coco["images"]]
 
 
@@ -583,8 +587,6 @@ def gan_augmented_coco(coco: dict, gan: Any, out_dir: Any, knobs: Mapping[str, A
                        seed: int = 0) -> dict:
     """``coco`` plus a RENS-GAN copy of every image (written as PNG under ``out_dir``,
     same annotations — the generators keep the geometry)."""
-    from PIL import Image
-    from ..models.rens_gan import augment_with_gan
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged = copy.deepcopy(coco)
@@ -607,7 +609,6 @@ def gan_augmented_coco(coco: dict, gan: Any, out_dir: Any, knobs: Mapping[str, A
 
 # ============================================================================ DCNN
 def _crop(image: np.ndarray, box: Sequence[float], margin: float, size: int) -> np.ndarray:
-    import cv2
     x, y, w, h = box
     cx, cy, half = x + w / 2, y + h / 2, max(w, h) * (1 + margin) / 2
     h_img, w_img = image.shape[:2]
@@ -622,8 +623,6 @@ def cell_crops(coco: dict, knobs: Mapping[str, Any], seed: int = 0
     """The classification stand-in (module docstring): crops of annotated plasma cells
     and of FCM-segmented objects that are not plasma cells, at most ``cls_max_per_class``
     of each, from the native-resolution images of ``coco``."""
-    from ..classical import connected_instances, fcm_segment
-    from ..data.datasets import decode_segmentation
     size, margin = int(knobs["cls_size"]), float(knobs["cls_margin"])
     cap = knobs["cls_max_per_class"]
     pos, neg = [], []
@@ -661,7 +660,6 @@ def build_dcnn(knobs: Mapping[str, Any], num_classes: int = 2) -> nn.Module:
     ImageNet weights are cached; it takes images in [0, 1] and normalises inside.
     ``cls_small_input`` keeps DenseNet's first pooling (False) or drops it (True; None =
     automatic below 128 px)."""
-    from ..models.classifiers import build_classifier
     return build_classifier("densenet121", num_classes, in_size=int(knobs["cls_size"]),
                             small_input=knobs.get("cls_small_input"))
 
@@ -675,7 +673,6 @@ def train_dcnn(crops: Sequence[np.ndarray], labels: Sequence[str], knobs: Mappin
                device: Any = "cpu", seed: int = 0) -> tuple[nn.Module, TrainLog]:
     """DenseNet-121 on the crops (flips and 90-degree rotations, cross-entropy, AdamW),
     ``cls_epochs`` epochs or ``cls_time_budget_s``."""
-    from ..runtime import seed_everything
     seed_everything(seed)
     model = build_dcnn(knobs, len(CLS_CLASSES))
     x = _crop_tensor(crops)
@@ -714,7 +711,6 @@ def reference_table(reference_dir: Any = None) -> pd.DataFrame:
     """The committed ``bench_cpu``/``full`` results of this experiment (``results/reference``):
     cell IoU, pixel accuracy, RMSE, matched-cell IoU and recall, COCO segm AP, minutes,
     peak memory."""
-    from ..results import reference_table as table
     return table(EXPERIMENT, ("IoU", "pixel_accuracy", "rmse", "cell_iou", "cell_recall",
                               "segm_AP", "segm_AP50", "train_steps"), reference_dir)
 
@@ -722,7 +718,6 @@ def reference_table(reference_dir: Any = None) -> pd.DataFrame:
 def table1(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """Paper 3's Table I beside ours: one row per model and metric (percent). ``results``
     maps ``fcm`` / ``maskrcnn`` / ``unet`` / ``rmaskrcnn`` to our metrics (fractions)."""
-    from ..results import compare_with_paper
     frames = []
     for key, metrics in results.items():
         if key not in TABLE1_LABELS:
@@ -745,7 +740,6 @@ def instance_table(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 def classification_tables(report: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Table II-style confusion matrix, Table III-style per-class and average rows with
     the paper's DeepBCSDnet "Average" row for reference, in percent)."""
-    from ..results import paper_table
     cm = pd.DataFrame(report.confusion, index=[f"actual {c}" for c in report.classes],
                       columns=[f"predicted {c}" for c in report.classes])
     rows = {c: {"precision": report.precision[c], "recall": report.recall[c],
@@ -811,8 +805,6 @@ def attention_gate_table(model: nn.Module, images: Sequence[torch.Tensor],
     features get (:func:`~bloodlib.models.attention.gate`). A collapsed softmax reads as a
     median near 0 and a maximum near ``n``; the plain multiplier then switches the other
     entries off (minimum ~0), the residual one halves them (minimum 0.5)."""
-    from ..models.attention import ChannelAttention, attention_modules, gate
-    from ..models.rmaskrcnn import attention_maps
     modules = attention_modules(model.backbone)
     if not modules:
         raise ValueError("attention_gate_table needs an R-Mask R-CNN with attention modules.")
@@ -842,7 +834,6 @@ def attention_figure(model: nn.Module, image: torch.Tensor, n_channels: int = 3)
     attention maps of F2 (FPN-AM) and N3 (B-U-AM), the channel weights of F2, and F2's
     most and least weighted channels."""
     import matplotlib.pyplot as plt
-    from ..models.rmaskrcnn import attention_maps
     maps = attention_maps(model, image)
     ca, sa = maps.get("fpn.fpn_attention.0.0"), maps.get("fpn.fpn_attention.0.1")
     sa_n3 = maps.get("fpn.bu_attention.0.1")
@@ -886,7 +877,6 @@ def gan_figure(gan: Any, images: Sequence[np.ndarray], history: Any, knobs: Mapp
     """RENS-GAN before/after on crops of ``images`` (original, degraded input, generated)
     and the training losses."""
     import matplotlib.pyplot as plt
-    from ..models.rens_gan import degrade, random_crops
     crop = 2 * int(knobs["gan_crop"])
     real = random_crops(images, 3, min(crop, *(min(i.shape[:2]) for i in images)),
                         np.random.default_rng(seed))
@@ -931,7 +921,6 @@ def outcomes_figure(ev: EvalSet, preds: Mapping[str, Sequence[Prediction]], n: i
                     score_threshold: float = 0.5) -> Any:
     """Paper 3's Figure 11: image, ground truth and each method's cells on ``n`` images."""
     import matplotlib.pyplot as plt
-    from ..viz import overlay_mask
     n = min(n, len(ev.images))
     cols = ["image", "ground truth", *preds]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 2.5 * n), squeeze=False)
@@ -999,8 +988,6 @@ def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: M
                training_data: str) -> Path:
     """Save an R-Mask R-CNN / Mask R-CNN checkpoint with the course's model-store ``meta``
     (task "detect"; ``architecture_kwargs`` rebuild it, see :func:`load_model`)."""
-    from datetime import date
-    from ..engine.checkpoint import save_checkpoint
     cfg = dict(getattr(model, "bloodlib_config", {}))
     return save_checkpoint(path, model, meta={
         "task": "detect", "architecture": cfg.get("architecture", "rmaskrcnn"),
@@ -1014,9 +1001,6 @@ def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: M
 def load_model(path: Any) -> nn.Module:
     """A Mask R-CNN / R-Mask R-CNN saved by :func:`save_model`, rebuilt from its ``meta``
     (through the model store's checks) and in eval mode."""
-    from ..errors import ModelFormatError
-    from ..inference.store import read_task_checkpoint, rebuild_model
-    from ..models.rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn
     what = "a Mask R-CNN / R-Mask R-CNN"
     ckpt, meta = read_task_checkpoint(path, "detect", what)
     build = {"rmaskrcnn": build_rmaskrcnn, "maskrcnn": build_plain_maskrcnn}.get(

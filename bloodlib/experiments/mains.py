@@ -23,6 +23,7 @@ from . import mcnet_detection as mc
 from . import unet_family as uf
 from . import wbc_classification as wc
 from . import wbc_segmentation as wcs
+import math
 
 __all__ = ["train_mcnet", "train_wbc_classification", "train_wcsegnet", "train_unet_family",
            "train_blood_cancer", "train_maskrcnn_backbones"]
@@ -245,7 +246,6 @@ def train_maskrcnn_backbones(run: NotebookRun, model: str, store_as: Optional[st
                              ) -> dict[str, float]:
     """Paper 2: Mask R-CNN on one backbone (``model``), auto-annotated PBC; Table 3
     losses, Table 4 on validation, Table 5 on test."""
-    import math
     knobs, seed = run.knobs, run.seed
     splits, source = mb.load_data(knobs, run.output_dir, seed)
     trained, training, val = mb.train_backbone(model, splits, knobs, run.device, seed)

@@ -40,6 +40,12 @@ import torch
 from ..config import register
 from ..models.detection import BACKBONE_LABELS, PAPER2_BACKBONES
 from . import mcnet_detection as mc
+from ..engine.detection import detection_val_loss, loss_summary
+from ..metrics.detection import precision_recall_f1
+from ..results import compare_with_paper, paper_table
+from ..viz import detection_grid, draw_detections
+from ..data.convert import rle_to_mask
+from sklearn.metrics import confusion_matrix
 
 EXPERIMENT = "maskrcnn_backbones"
 PAPER = "paper2"
@@ -93,7 +99,6 @@ def train_backbone(backbone: str, splits: Mapping[str, dict], knobs: Mapping[str
                    device: Any = "cpu", seed: int = 0, checkpoint_path: Any = None,
                    progress: bool = False):
     """Train Mask R-CNN on ``backbone``; returns ``(model, DetectionTraining, val_losses)``."""
-    from ..engine.detection import detection_val_loss
     k = _mc_knobs(knobs, backbone)
     model, result = mc.train_model("mask_rcnn", {"train": splits["train"]}, k, device, seed,
                                    checkpoint_path=checkpoint_path, progress=progress)
@@ -124,7 +129,6 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str],
                            classes: Sequence[str]) -> tuple[dict[str, float], np.ndarray, list[str]]:
     """Paper 2's Table 5 metrics (see the module docstring), the confusion matrix (rows
     true classes, columns predicted classes plus "none") and its column labels."""
-    from sklearn.metrics import confusion_matrix
     cols = list(classes) + [NONE]
     cm = confusion_matrix(list(y_true), list(y_pred), labels=cols)[:len(classes)]
     n = cm.sum()
@@ -148,7 +152,6 @@ def evaluate_backbone(model: torch.nn.Module, splits: Mapping[str, dict],
                       knobs: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
     """Table 4 metrics on ``val`` and Table 5 metrics on ``test``; also the test
     predictions, the confusion matrix and the inference speed."""
-    from ..metrics.detection import precision_recall_f1
     thr = float(knobs["threshold"])
     k = {**knobs, "score_threshold": thr}
     val_ev = mc.evaluate_model(model, splits["val"], k, device)
@@ -179,7 +182,6 @@ def board_placement(backbone: str, pretrained: bool) -> dict[str, Any]:
     """``extra`` for a result of ``backbone``: the paper's row of Tables 3-5 when the
     paper has that backbone, else a row of our own (with its weights) in those tables;
     and the metric keys of each table."""
-    from ..results import paper_table
     label = BACKBONE_LABELS.get(backbone, backbone)
     if label in set(paper_table("paper2", "table4")["backbone"].dropna()):
         where: dict[str, Any] = {"paper_row": {"model": "Mask R-CNN", "backbone": label}}
@@ -192,7 +194,6 @@ def board_placement(backbone: str, pretrained: bool) -> dict[str, Any]:
 
 def _compare(ours: Mapping[str, float], table: str, backbone: str) -> pd.DataFrame:
     """Paper vs ours for one backbone (paper NaN for a backbone the paper did not use)."""
-    from ..results import compare_with_paper, paper_table
     label = BACKBONE_LABELS.get(backbone, backbone)
     ref = paper_table(PAPER, table)
     keys = [c for c in ref.attrs["units"] if c in ours]
@@ -227,7 +228,6 @@ def wide(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 
 def table3_metrics(log: Any, val_losses: Mapping[str, float], tail: int = 20) -> dict[str, float]:
     """Table 3's final losses (mean of the last ``tail`` steps) and the validation loss."""
-    from ..engine.detection import loss_summary
     s = loss_summary(log, tail)
     return {"total_loss": s["total_loss"], "val_loss": float(val_losses.get("loss", np.nan)),
             "box_loss": s.get("box_loss", np.nan), "class_loss": s.get("class_loss", np.nan),
@@ -237,7 +237,6 @@ def table3_metrics(log: Any, val_losses: Mapping[str, float], tail: int = 20) ->
 # ----------------------------------------------------------------------------- figures
 def samples_figure(coco: dict, n: int = 8, seed: int = 0, title: str = ""):
     """One auto-annotated image per class (mask, box, class)."""
-    from ..viz import detection_grid
     names = {c["id"]: c["name"] for c in coco["categories"]}
     first: dict[str, int] = {}
     ann_by_img = {a["image_id"]: a for a in coco["annotations"]}
@@ -298,8 +297,6 @@ def examples_figure(gt: dict, results: Mapping[str, Mapping[str, Any]], n: int =
     """Paper 2 Appendix 3: the best detection (mask, box, class, score) of each backbone
     on ``n`` test images, a row per backbone; a best detection scoring below
     ``threshold`` is drawn too and its panel title says so."""
-    from ..data.convert import rle_to_mask
-    from ..viz import draw_detections
     plt = mc._plt()
     names = {c["id"]: c["name"] for c in gt["categories"]}
     step = max(1, len(gt["images"]) // max(1, n))

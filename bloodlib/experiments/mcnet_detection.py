@@ -51,10 +51,37 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import register
+from ..config import get_profile, register
 from ..data.splits import subset_coco  # noqa: F401  (also notebooks' mc./bc.subset_coco)
 from ..engine import distributed as ddp
 from ..metrics.detection import detection_roc  # noqa: F401  (notebook 01 calls mc.detection_roc)
+from ..data.synthetic import write_detection_set
+from ..errors import DatasetNotFoundError
+from ..autolabel import autolabel_boxes, autolabel_pbc
+from ..inference.common import build_preprocess
+from ..io import read_image
+from ..data.parsers.pbc import load_pbc, PBC_CLASSES
+from ..data.splits import per_class_split, stratified_split
+from ..data.records import category_names
+from ..data.datasets import collate_detection, decode_segmentation, DetectionDataset
+from ..engine.detection import (detection_transforms, evaluate_detector, LOSS_LABELS,
+                                PAPER1_STAGES, predict_coco, scale_stages, Stage,
+                                train_detector)
+from ..models.detection import build_detector
+from ..runtime import seed_everything
+from ..inference.detection import detector_meta
+from .. import yolo
+from ..metrics.detection import detection_confusion_matrix, precision_recall_f1
+from ..yolo import predict_coco_yolo, save_yolo_checkpoint
+from ..data.convert import mask_to_rle, polygons_to_mask, rle_to_mask
+from ..inference.store import _store, normalize_meta, save_model
+from ..results import compare_with_paper, paper_table, reference_table as table
+from ..models.segmentation_zoo import count_parameters
+from ..viz import class_color, detection_grid, plot_roc_curves
+import resource
+import sys
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 EXPERIMENT = "mcnet"
 PAPER = "paper1"
@@ -145,7 +172,6 @@ def split_coco(coco: dict, fraction: float, seed: int = 0) -> tuple[dict, dict]:
 
 
 def _synthetic_splits(knobs: Mapping[str, Any], work_dir: Path, seed: int) -> dict[str, dict]:
-    from ..data.synthetic import write_detection_set
     n = int(knobs.get("synthetic_images", 24))
     sizes = {"train": n, "val": max(2, n // 4), "test": max(4, n // 3)}
     return {s: write_detection_set(work_dir / "synthetic_smears" / s, k, seed + i, split=s)
@@ -157,7 +183,6 @@ def load_splits(dataset: str, knobs: Mapping[str, Any], work_dir: Any, seed: int
     """``({"train", "val", "test"}: COCO dict), source)`` for ``dataset`` ("bccd",
     "txl_pbc"), subset to the profile's ``max_*_images``; synthetic smears (source
     "synthetic") when the dataset is not on disk."""
-    from ..errors import DatasetNotFoundError
     work_dir = Path(work_dir)
     try:
         if dataset == "bccd":
@@ -185,7 +210,6 @@ def add_masks(coco: dict) -> dict:
     (synthetic smears), else made by :func:`bloodlib.autolabel.autolabel_boxes`."""
     if coco["annotations"] and all(a.get("segmentation") for a in coco["annotations"]):
         return coco
-    from ..autolabel import autolabel_boxes
     return autolabel_boxes(copy.deepcopy(coco))
 
 
@@ -197,9 +221,6 @@ def preprocess_images(splits: Mapping[str, dict], preprocessing: Optional[Mappin
     pre = dict(preprocessing or {})
     if not pre.get("clahe") and not pre.get("stain"):
         return dict(splits)
-    from PIL import Image
-    from ..inference.common import build_preprocess
-    from ..io import read_image
     fn = build_preprocess(bool(pre.get("clahe")), pre.get("stain"))
     tag = "_".join(filter(None, ["clahe" if pre.get("clahe") else "", pre.get("stain") or ""]))
     out: dict[str, dict] = {}
@@ -222,10 +243,6 @@ def load_pbc_splits(knobs: Mapping[str, Any], work_dir: Any, seed: int = 0,
     ``pbc_per_class``, e.g. ``{"train": 300, "val": 100, "test": 100}``; None = 80/20 of
     every image) auto-annotated by :func:`bloodlib.autolabel.autolabel_pbc`. Synthetic
     single-cell crops when PBC is not on disk."""
-    from ..autolabel import autolabel_pbc
-    from ..data.parsers.pbc import PBC_CLASSES, load_pbc
-    from ..data.splits import per_class_split, stratified_split
-    from ..errors import DatasetNotFoundError
     per_class = per_class if per_class is not None else knobs.get("pbc_per_class")
     try:
         need = None if per_class is None else sum(int(v) for v in per_class.values())
@@ -251,15 +268,12 @@ def load_pbc_splits(knobs: Mapping[str, Any], work_dir: Any, seed: int = 0,
 
 
 def class_names(coco: dict) -> list[str]:
-    from ..data.records import category_names
     return category_names(coco)
 
 
 def make_loader(coco: dict, knobs: Mapping[str, Any], train: bool, with_masks: bool,
                 seed: int = 0, batch_size: Optional[int] = None) -> DataLoader:
     """A DataLoader of :class:`DetectionDataset` (flips when ``train``)."""
-    from ..data.datasets import DetectionDataset, collate_detection
-    from ..engine.detection import detection_transforms
     tf = detection_transforms(train, float(knobs.get("hflip", 0.5)),
                               float(knobs.get("vflip", 0.5))) if train else None
     ds = DetectionDataset(coco, tf, with_masks=with_masks)
@@ -274,7 +288,6 @@ def build_model(kind: str, knobs: Mapping[str, Any], num_classes: int,
                 min_size: Optional[int] = None, **overrides: Any) -> torch.nn.Module:
     """``build_detector(kind, ...)`` with the profile's backbone, sizes, anchors and heads;
     ``num_classes`` excludes the background."""
-    from ..models.detection import build_detector
     kw = dict(knobs.get("heads") or {})
     if knobs.get("anchor_sizes"):
         kw["anchor_sizes"] = knobs["anchor_sizes"]
@@ -289,7 +302,6 @@ def build_model(kind: str, knobs: Mapping[str, Any], num_classes: int,
 
 
 def _stages(knobs: Mapping[str, Any], model: torch.nn.Module, iterations: int):
-    from ..engine.detection import PAPER1_STAGES, Stage, scale_stages
     if knobs.get("stages") != "paper1":
         return None
     stages = scale_stages(PAPER1_STAGES, iterations)
@@ -306,8 +318,6 @@ def train_model(kind: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
 
     With ``eval_every_epochs`` and a non-empty ``val`` split, box AP50 on val is
     measured every so many epochs and the best weights are kept."""
-    from ..engine.detection import evaluate_detector, train_detector
-    from ..runtime import seed_everything
     seed_everything(seed)
     train = splits["train"]
     with_masks = kind in MASK_MODELS
@@ -343,7 +353,6 @@ def train_model(kind: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
 
 def _meta(model: torch.nn.Module, train: dict, knobs: Mapping[str, Any],
           metrics: Optional[Mapping[str, float]] = None) -> dict[str, Any]:
-    from ..inference.detection import detector_meta
     info = train.get("info", {})
     return detector_meta(model, class_names(train), input_size=int(knobs["min_size"]),
                          preprocessing={**(knobs.get("preprocessing") or {}), "normalize": "unit"},
@@ -359,7 +368,6 @@ def train_yolo_model(splits: Mapping[str, dict], knobs: Mapping[str, Any], devic
                      run_name: str = "yolo"):
     """Export the splits to YOLO format and train ultralytics YOLOv9 on them; returns the
     :class:`bloodlib.yolo.YoloTraining` (its ``model`` holds the best weights)."""
-    from .. import yolo
     work = Path(work_dir)
     parts = {"train": splits["train"]}
     parts["val"] = splits["val"] if splits.get("val") and splits["val"]["images"] else splits["test"]
@@ -418,8 +426,6 @@ class Evaluation:
 def evaluation_from_predictions(gt: dict, predictions: Sequence[dict], knobs: Mapping[str, Any],
                                 seconds: float = float("nan")) -> Evaluation:
     """Score COCO ``predictions`` against ``gt`` (box; masks too when present)."""
-    from ..engine.detection import evaluate_detector
-    from ..metrics.detection import detection_confusion_matrix, precision_recall_f1
     preds = list(predictions)
     bbox = evaluate_detector(None, None, gt, "bbox", predictions=preds)
     segm = segm_cls = None
@@ -439,7 +445,6 @@ def evaluation_from_predictions(gt: dict, predictions: Sequence[dict], knobs: Ma
 def evaluate_model(model: torch.nn.Module, gt: dict, knobs: Mapping[str, Any],
                    device: Any = "cpu") -> Evaluation:
     """Predict ``gt``'s images with a torchvision detector and score them."""
-    from ..engine.detection import predict_coco
     loader = make_loader(gt, knobs, False, False, batch_size=1)
     t0 = time.perf_counter()
     preds = predict_coco(model, loader, device)
@@ -460,7 +465,6 @@ def _attach_mask_iou(model: torch.nn.Module, preds: list[dict]) -> None:
 def evaluate_yolo_model(yolo_model: Any, gt: dict, knobs: Mapping[str, Any], device: Any = "cpu",
                         imgsz: Optional[int] = None) -> Evaluation:
     """Predict ``gt``'s images with a YOLO model, convert to COCO results, score them."""
-    from ..yolo import predict_coco_yolo
     t0 = time.perf_counter()
     preds = predict_coco_yolo(yolo_model, gt, imgsz=int(imgsz or knobs["yolo_imgsz"]),
                               device=device)
@@ -471,8 +475,6 @@ def mask_iou_calibration(gt: dict, predictions: Sequence[dict], score_threshold:
                          ) -> pd.DataFrame:
     """For every MCNet detection above ``score_threshold``: its predicted mask IoU and its
     actual mask IoU with the best ground-truth mask of the same class (pycocotools)."""
-    from pycocotools import mask as mask_utils
-    from ..data.convert import polygons_to_mask, mask_to_rle
     size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
     gts: dict[Any, list[dict]] = {}
     for a in gt["annotations"]:
@@ -557,14 +559,12 @@ def store_outcome(outcome: Outcome, train: dict, knobs: Mapping[str, Any], name:
     """Save a trained detector (torchvision or YOLO) into the model store as ``name`` with
     its metadata (classes, input size, preprocessing, training data, test metrics), where
     ``bloodlib predict``, the demo and ``bloodlib bench latency`` find it."""
-    from ..inference.store import _store, normalize_meta, save_model
     m = outcome.evaluation.metrics()
     metrics = {"test_mAP50": m.get("mAP50"), "test_mAP50_95": m.get("mAP50_95"),
                "train_seconds": outcome.seconds}
     if outcome.name != "yolov9":
         meta = _meta(outcome.model, train, knobs, metrics=metrics)
         return save_model(outcome.model, name, meta, folder=folder)
-    from ..yolo import save_yolo_checkpoint
     info = train.get("info", {})
     meta = normalize_meta({
         "task": "detect", "architecture": "yolo", "classes": class_names(train),
@@ -582,7 +582,6 @@ def store_outcome(outcome: Outcome, train: dict, knobs: Mapping[str, Any], name:
 def reference_table(reference_dir: Any = None) -> pd.DataFrame:
     """The committed ``bench_cpu``/``full`` results of this experiment (``results/reference``):
     box mAP50, mAP50-95, per-class AP50, precision/recall, speed, minutes, peak memory."""
-    from ..results import reference_table as table
     return table(EXPERIMENT, ("mAP50", "mAP50_95", "AP50/WBC", "AP50/RBC", "AP50/Platelets",
                               "segm_mAP50", "precision", "recall", "train_images_per_s",
                               "inference_images_per_s"), reference_dir)
@@ -602,7 +601,6 @@ def split_counts(splits: Mapping[str, dict]) -> pd.DataFrame:
 
 def parameter_table(knobs: Mapping[str, Any], num_classes: int) -> pd.DataFrame:
     """Parameters of each torchvision model at the profile's settings (and YOLO's)."""
-    from ..models.segmentation_zoo import count_parameters
     rows = []
     for name in knobs["models"]:
         if name == "yolov9":
@@ -628,7 +626,6 @@ def table_metrics(ev: Evaluation) -> dict[str, float]:
 def table2(results: Mapping[str, Mapping[str, float]], dataset: str = "bccd") -> pd.DataFrame:
     """Paper 1's Table 2 (BCCD) beside ours: ``results[model] = metrics`` (fractions).
     Rows: model, metric, paper (percent), ours (percent), difference."""
-    from ..results import compare_with_paper
     frames = []
     for name, metrics in results.items():
         ours = {k: metrics[k] for k in TABLE_METRICS if k in metrics}
@@ -641,7 +638,6 @@ def table2(results: Mapping[str, Mapping[str, float]], dataset: str = "bccd") ->
 def table1(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """Paper 1's Table 1 (PBC) beside ours, in percent. The paper's "mAP" column mixes
     fractions and one percentage; its values are shown in percent (fractions x 100)."""
-    from ..results import compare_with_paper, paper_table
     ref = paper_table(PAPER, "table1").set_index("model")
     frames = []
     for name, metrics in results.items():
@@ -694,8 +690,6 @@ def peak_memory_mb() -> float:
     """Peak resident memory of this process so far (MiB; CUDA peak when on a GPU)."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return torch.cuda.max_memory_allocated() / 2 ** 20
-    import resource
-    import sys
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024
 
@@ -717,8 +711,6 @@ def _done(fig, title: str = ""):
 def preprocessing_figure(images: Sequence[Any], titles: Sequence[str] = (),
                          stains: Sequence[str] = ("reinhard", "macenko")):
     """Each image (rows) as is, after CLAHE, and after each stain normalisation."""
-    from ..inference.common import build_preprocess
-    from ..io import read_image
     plt = _plt()
     cols = [("original", None), ("CLAHE", build_preprocess(True, None))]
     for s in stains:
@@ -739,8 +731,6 @@ def preprocessing_figure(images: Sequence[Any], titles: Sequence[str] = (),
 
 
 def _gt_sample(coco: dict, image_index: int, with_masks: bool = False) -> dict[str, Any]:
-    from ..data.datasets import decode_segmentation
-    from ..io import read_image
     im = coco["images"][image_index]
     anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
     names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -756,7 +746,6 @@ def _gt_sample(coco: dict, image_index: int, with_masks: bool = False) -> dict[s
 
 def dataset_figure(coco: dict, n: int = 3, title: str = "", with_masks: bool = True, seed: int = 0):
     """``n`` images with their boxes (and masks)."""
-    from ..viz import detection_grid
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(len(coco["images"]), size=min(n, len(coco["images"])), replace=False))
     samples = [{**_gt_sample(coco, int(i), with_masks), "title": Path(coco["images"][i]["path"]).name}
@@ -771,7 +760,6 @@ def loss_figure(logs: Mapping[str, Any], smooth: int = 5, title: str = ""):
     plt = _plt()
     n = len(logs)
     fig, axes = plt.subplots(1, max(1, n), figsize=(4.6 * max(1, n), 3.5), squeeze=False)
-    from ..engine.detection import LOSS_LABELS
     for ax, (name, log) in zip(axes[0], logs.items()):
         if log is None or len(log) == 0:
             ax.set_axis_off()
@@ -795,7 +783,6 @@ def loss_figure(logs: Mapping[str, Any], smooth: int = 5, title: str = ""):
 def pr_figure(evals: Mapping[str, Evaluation], title: str = ""):
     """Per-class precision-recall curves at IoU 0.5 (paper 1 Figures 8, 9), a panel per model."""
     plt = _plt()
-    from ..viz import class_color
     fig, axes = plt.subplots(1, len(evals), figsize=(4.3 * len(evals), 3.8), squeeze=False)
     for ax, (name, ev) in zip(axes[0], evals.items()):
         for cls, (r, p) in ev.bbox.pr_curves.items():
@@ -846,7 +833,6 @@ def confusion_figure(evals: Mapping[str, Evaluation], title: str = "", normalize
 
 def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], title: str = "ROC"):
     """Per-class ROC of detection scores (paper 1 Figure 16)."""
-    from ..viz import plot_roc_curves
     fig = plot_roc_curves(dict(curves), title=title)
     _plt().close(fig)
     return fig
@@ -856,8 +842,6 @@ def side_by_side_figure(gt: dict, evals: Mapping[str, Evaluation], image_index: 
                         score_threshold: float = 0.5, title: str = ""):
     """Ground truth and each model's detections (score >= threshold) on one test image
     (paper 1 Figures 10-12)."""
-    from ..data.convert import rle_to_mask
-    from ..viz import detection_grid
     gt_s = _gt_sample(gt, image_index)
     im = gt["images"][image_index]
     names = {c["id"]: c["name"] for c in gt["categories"]}
@@ -949,7 +933,6 @@ def quick_model(work_dir: Any, seed: int = 0, steps: int = 75):
     (no time budget, so the same seed gives the same model) on BCCD train (synthetic
     smears when absent), for the demo's model store; returns ``(model, meta)`` with box
     AP50 on 10 BCCD test images in ``meta["metrics"]``."""
-    from ..config import get_profile
     knobs = dict(get_profile(EXPERIMENT, "quick"))
     knobs.update(max_train_images=None, max_test_images=10, preprocessing=None)
     splits, source = load_splits("bccd", knobs, work_dir, seed)

@@ -32,6 +32,10 @@ from ..config import register
 from ..data.masks import read_label_mask
 from ..data.records import MaskedImage
 from . import wbc_segmentation as wcs
+from ..engine.tta import tta_probabilities
+from ..metrics.segmentation import SegmentationMeter
+from ..results import paper_table
+from ..engine.trainer import predict_segmentation
 
 EXPERIMENT = "unet_family"
 PAPER = "paper4"
@@ -71,8 +75,6 @@ def whole_cell_mask(rec: MaskedImage) -> np.ndarray:
 def evaluate_loader(model: torch.nn.Module, loader: Any, device: Any,
                     tta: Optional[str] = None) -> dict[str, float]:
     """Paper 4's metrics of the WBC class, pooled over all pixels of ``loader``."""
-    from ..engine.tta import tta_probabilities
-    from ..metrics.segmentation import SegmentationMeter
     meter = SegmentationMeter(2, list(CLASS_NAMES))
     was = model.training
     model.eval()
@@ -108,7 +110,6 @@ def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapp
 def table5(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """Paper 4's Table 5 beside ours (percent): one row per model, ``paper``/``ours``
     columns per metric; the paper's MIF-Net row is shown with no value of ours."""
-    from ..results import paper_table
     paper = paper_table(PAPER, "table5").set_index("model")
     rows = []
     for label in paper.index:
@@ -129,7 +130,6 @@ def qualitative_figure(models: Mapping[str, torch.nn.Module], records: Sequence[
                        knobs: Mapping[str, Any], n: int = 4, seed: int = 0):
     """Paper 4's Figure 8: image, ground truth and each model's WBC mask per row."""
     import matplotlib.pyplot as plt
-    from ..engine.trainer import predict_segmentation
     recs = wcs.take_subset(records, n, seed)
     ds = wcs.make_dataset(recs, knobs, train=False, decode=whole_cell_mask)
     images, masks = zip(*(ds[i] for i in range(len(ds))))

@@ -86,12 +86,30 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..config import register
-from ..results import finite_metrics
+from ..config import get_profile, register
+from ..results import (finite_metrics, paper_table, pretrained_vs_scratch,
+                       reference_table as table)
 from ..engine import distributed as ddp
-from ..data.parsers.pbc import PBC_CLASSES
+from ..data.parsers.pbc import load_pbc, PBC_CLASSES
 from ..errors import DatasetIntegrityError, DatasetNotFoundError
-from ..runtime import cpu_has_bf16
+from ..runtime import cpu_has_bf16, seed_everything
+from ..inference.classification import (classifier_meta, images_to_tensor, predict_proba,
+                                        prepare_crop)
+from ..io import read_image
+from ..data import synthetic
+from ..data.parsers.zheng import load_zheng
+from ..data.splits import check_no_leakage, per_class_split, stratified_split
+from ..transforms.augment import cell_classification_augmentation
+from ..models.classifiers import build_classifier, segment_cell, shape_features
+from ..engine.checkpoint import run_checkpoint, save_checkpoint
+from ..engine.trainer import fit
+from ..metrics.classification import classification_report
+from ..viz import overlay_mask, plot_confusion_matrix, plot_roc_curves
+from ..explain import grad_cam, overlay_cam
+import albumentations as A
+import cv2
+from sklearn.metrics import f1_score
+from torchvision.transforms import v2
 
 EXPERIMENT = "wbc_classification"
 PBC8 = tuple(PBC_CLASSES)
@@ -163,7 +181,6 @@ def pretrained_table(reference_dir: Any = None) -> pd.DataFrame:
     """PBC 8 classes, paper 1's 80/20: the committed pairs fine-tuned from ImageNet vs from
     scratch (same network, size and budget, side by side), test accuracy, beside paper
     2's 99.31 % (its Table 6, Mask R-CNN + ResNet-101)."""
-    from ..results import paper_table, pretrained_vs_scratch
     claim = float(paper_table("paper2", "table6").iloc[0]["accuracy"])
     return pretrained_vs_scratch(EXPERIMENT, "accuracy", reference_dir,
                                  paper={"pbc_paper1_80_20": claim})
@@ -173,7 +190,6 @@ def reference_table(reference_dir: Any = None) -> pd.DataFrame:
     """The committed ``bench_cpu``/``full`` results of this experiment (``results/reference``):
     accuracy, macro F1 / precision / recall, ROC-AUC, minutes and peak memory per protocol
     (or external set) and model."""
-    from ..results import reference_table as table
     return table(EXPERIMENT, ("accuracy", "macro_f1", "macro_precision", "macro_recall",
                               "roc_auc_macro"), reference_dir)
 
@@ -217,8 +233,6 @@ def preload(records: Sequence[Any], size: int, crop_fraction: float = 1.0,
             source: str = "pbc") -> CellImages:
     """Read every record (``LabelledImage``, or ``MaskedImage`` with a ``label``) once,
     hash its pixels and keep it resized by :func:`prepare_crop`."""
-    from ..inference.classification import prepare_crop
-    from ..io import read_image
     images, labels, paths, hashes = [], [], [], []
     for r in records:
         path = Path(getattr(r, "path", None) or r.image_path)
@@ -235,8 +249,6 @@ def load_pbc_images(knobs: Mapping[str, Any], out_dir: Any, seed: int = 0) -> Ce
     """PBC (``max_per_class`` per class, all when None) preloaded; when PBC is absent,
     synthetic PBC-like crops (:func:`bloodlib.data.synthetic.write_classification_set`,
     ``source == "synthetic"``)."""
-    from ..data import synthetic
-    from ..data.parsers.pbc import load_pbc
     try:
         records, source = load_pbc(max_per_class=knobs.get("max_per_class"), seed=seed), "pbc"
     except DatasetNotFoundError:
@@ -249,7 +261,6 @@ def load_pbc_images(knobs: Mapping[str, Any], out_dir: Any, seed: int = 0) -> Ce
 def load_external(which: str, knobs: Mapping[str, Any]) -> Optional[CellImages]:
     """A Zheng set (``"cellavision"`` / ``"jiangxi"``) with its per-image WBC labels, or
     None when it is not on disk."""
-    from ..data.parsers.zheng import load_zheng
     try:
         records = load_zheng(which)
     except DatasetNotFoundError:
@@ -288,7 +299,6 @@ def group_split(labels: Sequence[str], hashes: Sequence[str], seed: int = 0,
                 counts: Optional[Mapping[str, int]] = None) -> dict[str, list[int]]:
     """A stratified (``fractions``) or per-class (``counts``, scaled down when a class is
     short) split of *unique* images; every duplicate follows its group's first image."""
-    from ..data.splits import per_class_split, stratified_split
     first: dict[str, int] = {}
     reps = [i for i, h in enumerate(hashes) if first.setdefault(h, i) == i]
     rep_labels = [labels[i] for i in reps]
@@ -305,7 +315,6 @@ def group_split(labels: Sequence[str], hashes: Sequence[str], seed: int = 0,
 
 def check_split(parts: Mapping[str, CellImages]) -> None:
     """Raise DatasetIntegrityError if a pixel-identical image is in two parts."""
-    from ..data.splits import check_no_leakage
     hashes = {p: h for d in parts.values() for p, h in zip(d.paths, d.hashes)}
     leaks = check_no_leakage({k: d.paths for k, d in parts.items()}, hashes)
     if leaks:
@@ -346,9 +355,6 @@ def split_counts(parts: Mapping[str, CellImages], classes: Sequence[str]) -> pd.
 def augmentation(knobs: Mapping[str, Any], seed: Optional[int] = None):
     """Flips, 90-degree rotations, colour jitter, and (``scale_jitter`` > 0) a small random
     scale and shift with reflected borders."""
-    import albumentations as A
-    import cv2
-    from ..transforms.augment import cell_classification_augmentation
     steps: list[Any] = [cell_classification_augmentation(float(knobs["color_jitter"]))]
     s = float(knobs.get("scale_jitter") or 0)
     if s > 0:
@@ -386,7 +392,6 @@ class BatchMix:
     targets become class probabilities, which ``nn.CrossEntropyLoss`` accepts."""
 
     def __init__(self, kind: str, num_classes: int, alpha: float = 0.2) -> None:
-        from torchvision.transforms import v2
         if kind not in MIXES:
             raise ValueError(f"mix {kind!r} unknown; use one of {MIXES} or None.")
         self.mix = (v2.MixUp if kind == "mixup" else v2.CutMix)(alpha=float(alpha),
@@ -440,8 +445,6 @@ class ProgressCosine:
 def classification_evaluator(classes: Sequence[str]):
     """``evaluate`` for :func:`bloodlib.engine.fit`: ``loss`` (cross-entropy), ``accuracy``
     and ``macro_f1`` of a validation loader."""
-    from sklearn.metrics import f1_score
-
     @torch.no_grad()
     def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
         was = model.training
@@ -481,7 +484,6 @@ def starts_pretrained(name: str, knobs: Mapping[str, Any]) -> bool:
 
 def build_model(name: str, num_classes: int, knobs: Mapping[str, Any]) -> nn.Module:
     """:func:`build_classifier` with the profile's settings."""
-    from ..models.classifiers import build_classifier
     return build_classifier(name, num_classes, pretrained=starts_pretrained(name, knobs),
                             allow_download=bool(knobs["allow_download"]),
                             **architecture_kwargs(knobs))
@@ -550,9 +552,6 @@ def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequen
     """Train ``name`` on ``parts["train"]`` (curves on ``parts["val"]`` when present) with
     :func:`bloodlib.engine.fit`: SGD + Nesterov, label smoothing, :class:`ProgressCosine`
     per batch; ``task`` picks ``epochs`` and ``time_budget_s`` from the profile."""
-    from ..engine.checkpoint import run_checkpoint
-    from ..engine.trainer import fit
-    from ..runtime import seed_everything
 
     seed_everything(seed)
     device = torch.device(device)
@@ -619,8 +618,6 @@ def evaluate(model: nn.Module, data: CellImages, classes: Sequence[str], tta: st
              device: Any = None) -> Evaluation:
     """Probabilities (averaged over ``tta`` views) and the classification report of
     ``model`` on ``data``; ``data``'s labels must be among ``classes``."""
-    from ..inference.classification import images_to_tensor, predict_proba
-    from ..metrics.classification import classification_report
     classes = list(classes)
     t0 = time.perf_counter()
     probs = predict_proba(model, images_to_tensor(data.images), tta, device=device)
@@ -647,7 +644,6 @@ def ensemble(evals: Mapping[str, Evaluation]) -> Evaluation:
     """The soft-vote ensemble of ``evals`` (model name -> :class:`Evaluation` on one set):
     the mean of their probabilities, with its own report. When the ensemble still misses
     what the single models miss, those errors lie in the images, not in one training run."""
-    from ..metrics.classification import classification_report
     if not evals:
         raise ValueError("ensemble() needs at least one Evaluation.")
     first = next(iter(evals.values()))
@@ -688,7 +684,6 @@ def model_meta(trained: Trained, knobs: Mapping[str, Any], training_data: Mappin
                metrics: Mapping[str, float]) -> dict[str, Any]:
     """The model-store contract's metadata of ``trained``
     (:func:`bloodlib.inference.classification.classifier_meta`)."""
-    from ..inference.classification import classifier_meta
     return classifier_meta(trained.name, trained.classes, int(knobs["image_size"]),
                            architecture_kwargs=architecture_kwargs(knobs),
                            crop_fraction=float(knobs["crop_fraction"]), tta=str(knobs["tta"]),
@@ -710,7 +705,6 @@ def save_classifier(path: Any, trained: Trained, knobs: Mapping[str, Any],
                     training_data: Mapping[str, Any], metrics: Mapping[str, float]) -> Path:
     """Save ``trained.model`` (moved to the CPU) with :func:`model_meta` through
     :func:`bloodlib.engine.checkpoint.save_checkpoint`; ``load_predictor(path)`` reads it."""
-    from ..engine.checkpoint import save_checkpoint
     return save_checkpoint(path, trained.model.cpu(), model_meta(trained, knobs, training_data,
                                                                  metrics),
                            history=trained.history.rows)
@@ -720,7 +714,6 @@ def quick_model(work_dir: Any, seed: int = 0, steps: int = 9):
     """A small PBC 8-class ResNet-18 (48 px; synthetic crops when PBC is absent) for the
     demo's model store: ``(model, meta)``, trained for ``steps`` epochs (no time budget,
     so the same seed gives the same model)."""
-    from ..config import get_profile
     knobs = dict(get_profile(EXPERIMENT, "quick"))
     knobs.update(time_budget_s=None, epochs=int(steps), val_fraction=0.1)
     data, _ = drop_conflicting(load_pbc_images(knobs, work_dir, seed))
@@ -737,7 +730,6 @@ def quick_model(work_dir: Any, seed: int = 0, steps: int = 9):
 def paper4_table(ours: Mapping[str, float]) -> pd.DataFrame:
     """Paper 4's only classification number (ResNet accuracy 98.61 %) beside our accuracies
     (``{label: accuracy fraction}``), in percent."""
-    from ..results import paper_table
     ref = paper_table("paper4", "classification").iloc[0]
     rows = [{"source": "paper 4", "model": ref["model"], "data": ref["dataset"],
              "accuracy (%)": float(ref["accuracy"])}]
@@ -750,7 +742,6 @@ def pbc8_paper_table(ours: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """PBC 8-class results beside the papers, in percent: paper 2's Table 5 (its Mask R-CNN
     backbones, 100 test images per class) and Table 6, paper 1's and paper 2's quoted
     related work, then ``ours`` (``{label: summary_row}``)."""
-    from ..results import paper_table
     cols = ["accuracy", "precision", "recall", "F1", "specificity"]
     frames = []
     t5 = paper_table("paper2", "table5")
@@ -818,8 +809,6 @@ def shape_figure(data: CellImages, classes: Sequence[str], seed: int = 0):
     """What the hybrid's shape branch sees: one image per class over its Otsu mask, with
     a few of the shape descriptors."""
     import matplotlib.pyplot as plt
-    from ..models.classifiers import segment_cell, shape_features
-    from ..viz import overlay_mask
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(1, len(classes), figsize=(1.9 * len(classes), 2.4), squeeze=False)
     for ax, c in zip(axes[0], classes):
@@ -855,7 +844,6 @@ def curves_figure(trained: Mapping[str, Trained], title: str = ""):
 
 def roc_figure(ev: Evaluation, title: str = "One-vs-rest ROC"):
     """ROC curve of every class (one-vs-rest) with its AUC."""
-    from ..viz import plot_roc_curves
     curves = {c: (fpr, tpr, ev.report.roc_auc[c])
               for c, (fpr, tpr, _) in ev.report.roc_curves.items()}
     return _close(plot_roc_curves(curves, title))
@@ -863,7 +851,6 @@ def roc_figure(ev: Evaluation, title: str = "One-vs-rest ROC"):
 
 def confusion_figure(ev: Evaluation, title: str = ""):
     """Confusion-matrix heatmap (counts)."""
-    from ..viz import plot_confusion_matrix
     return _close(plot_confusion_matrix(ev.report.confusion, ev.classes, title=title or None))
 
 
@@ -898,8 +885,6 @@ def gradcam_figure(models: Mapping[str, nn.Module], data: CellImages, idx: Seque
                    classes: Sequence[str]):
     """Grad-CAM of the predicted class: the image, then one overlay per model."""
     import matplotlib.pyplot as plt
-    from ..explain import grad_cam, overlay_cam
-    from ..inference.classification import images_to_tensor
     x = images_to_tensor(data.images[list(idx)])
     fig, axes = plt.subplots(len(idx), len(models) + 1,
                              figsize=(2.0 * (len(models) + 1), 2.0 * len(idx)), squeeze=False)

@@ -48,10 +48,30 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import register
-from ..results import finite_metrics
+from ..results import (compare_with_paper, finite_metrics, paper_table, pretrained_vs_scratch,
+                       reference_table as table)
 from ..data.masks import NUCLEUS, read_label_mask
 from ..data.records import MaskedImage
 from ..data.splits import stratified_split
+from ..data.parsers.zheng import load_zheng
+from ..data import synthetic
+from ..errors import DatasetNotFoundError
+from ..data.datasets import SegmentationDataset
+from ..transforms.augment import (AlbumentationsSegmentation, paper5_augmentation,
+                                  single_augmentations)
+from ..engine.tta import tta_probabilities
+from ..metrics.segmentation import boundary_band_errors, SegmentationMeter
+from ..models.segmentation_zoo import build_segmentation_model, count_parameters
+from ..losses import build_loss
+from ..models.pretrained import LITE_MEAN, LITE_STD
+from ..engine.trainer import fit, predict_segmentation
+from ..runtime import seed_everything
+from ..io import read_image
+from ..data.parsers import load_bccd_wbc_masks
+import albumentations as A
+import cv2
+import random
+from datetime import datetime, timezone
 
 EXPERIMENT = "wcsegnet"
 PAPER = "paper5"
@@ -126,7 +146,6 @@ def paper5_records(which: str = "jiangxi", root: Any = None
     """Zheng subset ``which`` ("jiangxi" / "cellavision") as ``(included, excluded)``:
     neutrophils, lymphocytes and basophils; and the monocytes and eosinophils that paper 5
     leaves out."""
-    from ..data.parsers.zheng import load_zheng
     return filter_paper5(load_zheng(which, root))
 
 
@@ -135,8 +154,6 @@ def load_or_synthesize(which: str, knobs: Mapping[str, Any], out_dir: Any, seed:
     """``paper5_records(which)``, or when the Zheng data is missing synthetic Zheng-format
     crops (:func:`bloodlib.data.synthetic.write_segmentation_set`); returns
     ``(included, excluded, source)`` with source "zheng" or "synthetic"."""
-    from ..data import synthetic
-    from ..errors import DatasetNotFoundError
     try:
         inc, exc = paper5_records(which)
         return inc, exc, "zheng"
@@ -224,8 +241,6 @@ def make_dataset(records: Sequence[MaskedImage], knobs: Mapping[str, Any], train
     ``image_size``; with ``train`` and ``knobs["augment"]`` paper 5's augmentation, applied
     to a share ``augment_p`` of the images (default 1.0: every image, as Keras does), with
     the optional extras ``vertical_flip`` and ``color_jitter`` (off by default)."""
-    from ..data.datasets import SegmentationDataset
-    from ..transforms.augment import AlbumentationsSegmentation, paper5_augmentation
     tf = None
     if train and knobs.get("augment", True):
         tf = AlbumentationsSegmentation(paper5_augmentation(
@@ -267,8 +282,6 @@ finite = finite_metrics  # the notebooks call it by this name
 
 @torch.no_grad()
 def _evaluate_loader(model, loader, device, tta: Optional[str] = None) -> dict[str, float]:
-    from ..engine.tta import tta_probabilities
-    from ..metrics.segmentation import SegmentationMeter
     multi = SegmentationMeter(4, CLASS_NAMES)
     nuc = SegmentationMeter(4, binary_foreground=[1, 2, 3])
     was = model.training
@@ -298,7 +311,6 @@ def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapp
 def build_model(name: str, knobs: Mapping[str, Any], width: Optional[float] = None) -> torch.nn.Module:
     """One of :data:`MODELS` (or ``lite_unet``, a U-Net on an ImageNet-pretrained
     EfficientNet-Lite0 encoder) with 4 output classes at ``width`` (default the profile's)."""
-    from ..models.segmentation_zoo import build_segmentation_model
     extra: dict[str, Any] = {}
     if name == "wcsegnet" and knobs.get("wcsegnet_dropout") is not None:
         extra["dropout"] = float(knobs["wcsegnet_dropout"])
@@ -313,7 +325,6 @@ def build_model(name: str, knobs: Mapping[str, Any], width: Optional[float] = No
 
 def build_training_loss(knobs: Mapping[str, Any]) -> torch.nn.Module:
     """The profile's loss: ``categorical_cross_entropy`` (paper 5) or ``ce_dice``."""
-    from ..losses import build_loss
     name = knobs.get("loss", "categorical_cross_entropy")
     return build_loss("ce" if name == "categorical_cross_entropy" else name)
 
@@ -336,7 +347,6 @@ def checkpoint_meta(name: str, knobs: Mapping[str, Any], classes: Sequence[str] 
                     dataset: Optional[str] = None) -> dict[str, Any]:
     """Metadata saved with a checkpoint (the model store's contract): enough to rebuild
     the model and preprocess an image the way it was trained."""
-    from datetime import datetime, timezone
     size = int(knobs["image_size"])
     return {"task": "segment", "architecture": name,
             "architecture_kwargs": {"num_classes": int(knobs.get("num_classes", len(classes))),
@@ -353,7 +363,6 @@ def _encoder_meta(name: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
     """For ``lite_unet``: the ImageNet start and the normalisation applied inside the model."""
     if name != "lite_unet":
         return {}
-    from ..models.pretrained import LITE_MEAN, LITE_STD
     return {"pretrained": bool(knobs.get("pretrained", True)),
             "model_normalization": {"mean": list(LITE_MEAN), "std": list(LITE_STD)}}
 
@@ -381,8 +390,6 @@ def train_model(name: str, train_records: Sequence[MaskedImage],
     task on the same records passes its mask ``decode``, ``evaluator(model, loader,
     device) -> metrics`` and the metric to ``monitor``.
     """
-    from ..engine.trainer import fit
-    from ..runtime import seed_everything
 
     seed_everything(seed)
     device = torch.device(device)
@@ -446,7 +453,6 @@ def _finish_with_legend(fig, title: str, bottom: float):
 def samples_figure(records: Sequence[MaskedImage], n: int = 6, seed: int = 0, title: str = ""):
     """Image over paper-coloured mask for ``n`` records (round-robin over the types)."""
     import matplotlib.pyplot as plt
-    from ..io import read_image
     recs = take_subset(records, n, seed)
     fig, axes = plt.subplots(2, len(recs), figsize=(2.0 * len(recs), 4.3), squeeze=False)
     for j, r in enumerate(recs):
@@ -460,10 +466,7 @@ def samples_figure(records: Sequence[MaskedImage], n: int = 6, seed: int = 0, ti
 
 def augmentation_figure(rec: MaskedImage, seed: int = 0, shear: float = 0.2):
     """Paper 5's Figure 2: one column per augmentation, image above mask."""
-    import albumentations as A
     import matplotlib.pyplot as plt
-    from ..io import read_image
-    from ..transforms.augment import single_augmentations
     img, mask = read_image(rec.image_path), paper5_mask(rec)
     cols = {"original": (img, mask)}
     for name, t in single_augmentations(shear=shear).items():
@@ -483,7 +486,6 @@ def augmentation_figure(rec: MaskedImage, seed: int = 0, shear: float = 0.2):
 
 def parameter_table(knobs: Mapping[str, Any], widths: Sequence[float] = ()) -> pd.DataFrame:
     """Parameters of every model at the profile's width and at ``widths`` (e.g. 1.0)."""
-    from ..models.segmentation_zoo import count_parameters
     ws = list(dict.fromkeys([float(knobs["width"]), *map(float, widths)]))
     rows = []
     for name in knobs.get("models", MODELS):
@@ -534,7 +536,6 @@ def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n
 def _predict_records(model: torch.nn.Module, records: Sequence[MaskedImage],
                      knobs: Mapping[str, Any], device: Any = None):
     """(images, true class masks, predicted class masks) at the model's input size."""
-    from ..engine.trainer import predict_segmentation
     ds = make_dataset(records, knobs, train=False)
     images, masks = zip(*(ds[i] for i in range(len(ds))))
     images = torch.stack(images)
@@ -556,7 +557,6 @@ def boundary_error_table(models: Mapping[str, torch.nn.Module], records: Sequenc
     pixels, the share of them within 1 and 2 px of the annotated nucleus boundary, and
     the Dice with that 1-px band ignored (:func:`bloodlib.metrics.segmentation.boundary_band_errors`).
     Predictions without test-time augmentation."""
-    from ..metrics.segmentation import boundary_band_errors
     rows = {}
     for name, model in models.items():
         _, truth, pred = nucleus_masks(model, records, knobs, device)
@@ -593,7 +593,6 @@ def worst_images_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
 def table1(results: Mapping[tuple[str, str], Mapping[str, float]]) -> pd.DataFrame:
     """Paper 5's Table 1 beside ours: ``results[(dataset, model)]`` = our metrics
     (fractions); one row per dataset, model and metric."""
-    from ..results import compare_with_paper
     frames = []
     for (ds, name), metrics in results.items():
         ours = {k: metrics[k] for k in TABLE1_METRICS if k in metrics}
@@ -635,10 +634,6 @@ def cross_dataset_check(model: torch.nn.Module, records: Sequence[MaskedImage], 
     (:func:`wbc_crop`, an oracle detector), resized to ``image_size``, and any predicted
     nucleus class counts as nucleus. Returns Dice, IoU, precision, recall, accuracy and
     ``n_images``."""
-    import cv2
-    from ..engine.tta import tta_probabilities
-    from ..io import read_image
-    from ..metrics.segmentation import SegmentationMeter
     meter = SegmentationMeter(2, ["rest", "nucleus"])
     model.to(device).eval()
     crops, targets = [], []
@@ -669,8 +664,6 @@ def bccd_wbc_records(n: Optional[int] = None, seed: int = 0) -> list[MaskedImage
     """The BCCD WBC masks (every WBC type, one cell per 640x480 smear) for
     :func:`cross_dataset_check`; ``n`` draws a deterministic subset. Raises
     DatasetNotFoundError when the BCCD images or masks are missing."""
-    import random
-    from ..data.parsers import load_bccd_wbc_masks
     records = list(load_bccd_wbc_masks())
     if n is not None and n < len(records):
         records = sorted(random.Random(seed).sample(records, n), key=lambda r: str(r.image_path))
@@ -681,9 +674,7 @@ def bccd_wbc_records(n: Optional[int] = None, seed: int = 0) -> list[MaskedImage
 def cross_dataset_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
                          image_size: int, n: int = 4, fill: float = 0.6, title: str = ""):
     """Crops of other smears: image, annotated nucleus, predicted nucleus (any type)."""
-    import cv2
     import matplotlib.pyplot as plt
-    from ..io import read_image
     recs = list(records)[:n]
     fig, axes = plt.subplots(len(recs), 3, figsize=(6.3, 2.1 * len(recs)), squeeze=False)
     model.eval()
@@ -708,7 +699,6 @@ def pretrained_table(reference_dir: Any = None, metric: str = "dice") -> pd.Data
     """The committed pairs of the EfficientNet-Lite0 U-Net fine-tuned from ImageNet vs
     from scratch (side by side) on each Zheng set, ``metric`` on test, beside WCSegNet's
     figure in paper 5's Table 1."""
-    from ..results import paper_table, pretrained_vs_scratch
     table = paper_table(PAPER, "table1")
     paper = {d: float(table[(table["model"] == "WCSegNet") & (table["dataset"] == label)]
                       .iloc[0][metric])
@@ -720,6 +710,5 @@ def reference_table(reference_dir: Any = None, experiment: str = EXPERIMENT) -> 
     """The committed ``bench_cpu``/``full`` results of ``experiment`` (``results/reference``):
     one row per dataset and model with the headline metrics, training minutes and peak
     memory; empty when nothing has been benchmarked."""
-    from ..results import reference_table as table
     return table(experiment, ("nucleus_dice", "dice", "mIoU", "precision", "recall",
                               "accuracy"), reference_dir)

@@ -28,7 +28,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import register
+from ..config import get_profile, register
+from ..data import synthetic
+from ..io import read_image
+from ..predict_cli import predict_files
+from .pipeline import classify_cells, predict_image, predict_images, render_overlay
+from ..errors import BloodlibError
+from .store import default_model, load_predictor
+from .quick_models import train_quick_model
+from ..results import make_result, write_result
+import cv2
 
 EXPERIMENT = "latency"
 SMEAR_HW = (480, 640)
@@ -57,7 +66,6 @@ class LatencyReport:
     def write(self, out_dir: str | Path, profile: str, seed: int = 0,
               config: Optional[dict] = None) -> Path:
         """Write the results JSON (experiment ``latency``) under ``out_dir``."""
-        from ..results import make_result, write_result
         result = make_result(EXPERIMENT, "course", self.info.get("dataset", "smears_640x480"),
                              "-", self.metrics, {**(config or {}), **self.info}, seed, profile,
                              self.info.get("wall_time_s", 0.0), model=self.info.get("model"),
@@ -69,8 +77,6 @@ class LatencyReport:
 def smear_images(n: int, seed: int = 0, prefer_real: bool = True) -> tuple[list[tuple[str, np.ndarray]], str]:
     """``n`` 640x480 smears: BCCD test images when the dataset is on disk, else synthetic
     ones; returns ``([(name, image)], dataset name)``."""
-    from ..data import synthetic
-    from ..io import read_image
     if prefer_real:
         try:
             from ..data.catalogue import dataset_path, is_available
@@ -87,7 +93,6 @@ def smear_images(n: int, seed: int = 0, prefer_real: bool = True) -> tuple[list[
 
 
 def _write_folder(images: Sequence[tuple[str, np.ndarray]], n: int, folder: Path) -> list[Path]:
-    import cv2
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
@@ -108,14 +113,11 @@ def latency_benchmark(detector: Any, classifier: Any = None,
     ``images`` are RGB arrays or ``(name, array)`` pairs (default: 10 smears from
     :func:`smear_images`). ``detector`` may be any predictor (its task is recorded).
     """
-    from ..predict_cli import predict_files
-    from .pipeline import classify_cells
 
     items = [(f"image_{i}", im) if isinstance(im, np.ndarray) else tuple(im)
              for i, im in enumerate(images)] or smear_images(10)[0]
     is_det = detector.task == "detect"
     kw = {"score_threshold": score_threshold, "nms_threshold": nms_threshold} if is_det else {}
-    from .pipeline import predict_image, render_overlay
     for name, img in items[:max(0, warmup)]:  # first calls allocate and import; not counted
         render_overlay(predict_image(detector, img, name, classifier=classifier if is_det else None,
                                      **kw))
@@ -169,7 +171,6 @@ def onnxruntime_latency(detector: Any, classifier: Any, images: Sequence[Any],
     """Mean and p95 ms per image of ``detector`` (+ ``classifier`` on each WBC) as given
     (e.g. onnxruntime predictors), with the classifier's test-time views off, beside the
     same for :func:`latency_benchmark`'s PyTorch numbers."""
-    from .pipeline import predict_images
     items = [im if isinstance(im, np.ndarray) else im[1] for im in images]
     kw = ({"score_threshold": score_threshold, "nms_threshold": nms_threshold}
           if detector.task == "detect" else {})
@@ -188,8 +189,6 @@ def onnxruntime_latency(detector: Any, classifier: Any, images: Sequence[Any],
 def _onnx_twins(main_name: Optional[str], classifier_name: Optional[str]) -> tuple[Any, Any]:
     """onnxruntime predictors of the named store models, or (None, None) with a message
     when one cannot be exported (e.g. YOLO)."""
-    from ..errors import BloodlibError
-    from .store import load_predictor
     try:
         det = load_predictor(main_name, runtime="onnxruntime") if main_name else None
         cls = load_predictor(classifier_name, runtime="onnxruntime") if classifier_name else None
@@ -202,9 +201,6 @@ def _onnx_twins(main_name: Optional[str], classifier_name: Optional[str]) -> tup
 def _store_predictor(task: str, budget: float, name: Optional[str] = None) -> Any:
     """The stored model ``name`` of ``task``, else the newest one (a quick one is trained
     when none exists); None when the task cannot be served in this version."""
-    from ..errors import BloodlibError
-    from .quick_models import train_quick_model
-    from .store import default_model, load_predictor
     if name:  # asked for by name: a missing or wrong model is an error, not a fallback
         return load_predictor(name, task=task)
     try:
@@ -223,8 +219,6 @@ def run_latency_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "out
     the newest; else the segmenter as a stand-in) and classifier ``classifier_name`` (default
     the newest); write the results JSON into ``out_dir/results`` and, with
     ``reference_dir``, publish it there too."""
-    from ..config import get_profile
-    from .store import default_model
     knobs = dict(get_profile(EXPERIMENT, profile))
     t0 = time.perf_counter()
     detector = _store_predictor("detect", knobs["quick_train_budget_s"], detector_name)

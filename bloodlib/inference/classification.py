@@ -25,6 +25,9 @@ import numpy as np
 import torch
 
 from .common import DEFAULT_PREPROCESSING, Predictor
+from ..engine.tta import tta_transforms
+from ..models.classifiers import build_classifier
+from .store import read_task_checkpoint, rebuild_model
 
 __all__ = ["ClassifierPredictor", "ClassificationResult", "classifier_meta", "prepare_crop",
            "images_to_tensor", "predict_proba", "tta_views", "TTA_MODES"]
@@ -79,7 +82,6 @@ def tta_views(x: torch.Tensor, mode: str = "none") -> list[torch.Tensor]:
     """The test-time views of a batch ``(N, C, H, W)`` for ``mode`` in :data:`TTA_MODES`."""
     if mode not in TTA_MODES:
         raise ValueError(f"Unknown TTA mode {mode!r}; choose one of {TTA_MODES}.")
-    from ..engine.tta import tta_transforms
     return [forward(x) for forward, _ in tta_transforms(mode)]
 
 
@@ -145,8 +147,6 @@ class ClassifierPredictor(Predictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "ClassifierPredictor":
         """Rebuild ``meta["architecture"]`` with ``build_classifier`` and load the weights."""
-        from ..models.classifiers import build_classifier
-        from .store import read_task_checkpoint, rebuild_model
         ckpt, meta = read_task_checkpoint(path, "classify", "a classifier")
         kwargs = dict(meta.get("architecture_kwargs") or {})
         model = rebuild_model(

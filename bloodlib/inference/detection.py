@@ -21,6 +21,9 @@ import numpy as np
 import torch
 
 from .common import DEFAULT_PREPROCESSING, Predictor
+from ..models.detection import build_detector, detector_info
+from .store import check_head, ModelFormatError, read_task_checkpoint, rebuild_model
+from torchvision.ops import batched_nms
 
 __all__ = ["DetectionResult", "DetectorPredictor", "detector_meta", "DETECTOR_ARCHITECTURE"]
 
@@ -56,7 +59,6 @@ def detector_meta(model: torch.nn.Module, classes: Sequence[str], *, input_size:
                   ) -> dict[str, Any]:
     """Contract metadata (``task="detect"``) of a :func:`build_detector` model;
     ``classes`` without the background."""
-    from ..models.detection import detector_info
     info = detector_info(model)
     if info["num_classes"] != len(classes) + 1:
         raise ValueError(f"The model has {info['num_classes']} classes with background but "
@@ -76,7 +78,6 @@ def detector_meta(model: torch.nn.Module, classes: Sequence[str], *, input_size:
 def _class_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                iou: float) -> torch.Tensor:
     """Indices kept by torchvision's class-wise NMS, best score first."""
-    from torchvision.ops import batched_nms
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
     return batched_nms(boxes.float(), scores.float(), labels, float(iou))
@@ -96,7 +97,6 @@ class DetectorPredictor(Predictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "DetectorPredictor":
         """Rebuild the detector named in the checkpoint's metadata and load its weights."""
-        from .store import ModelFormatError, check_head, read_task_checkpoint, rebuild_model
         ckpt, meta = read_task_checkpoint(path, "detect", "a detector")
         if meta["architecture"] == "yolo":
             from ..yolo import load_yolo_checkpoint
@@ -109,7 +109,6 @@ class DetectorPredictor(Predictor):
             raise ModelFormatError(f"{path}: unknown detector architecture "
                                    f"{meta['architecture']!r}; expected "
                                    f"{DETECTOR_ARCHITECTURE!r} or 'yolo'.")
-        from ..models.detection import build_detector
         kwargs = {**(meta.get("architecture_kwargs") or {}), "pretrained_backbone": False}
         check_head(path, meta, int(kwargs.get("num_classes", 4)) - 1,
                    "detector (background excluded)")

@@ -29,6 +29,8 @@ import torch
 
 from ..errors import BloodlibError
 from .common import MAX_PIXELS
+from ..io import read_image
+import cv2
 
 
 @dataclass
@@ -47,7 +49,6 @@ def fit_to_pixels(image: np.ndarray, max_pixels: int = MAX_PIXELS
                   ) -> tuple[np.ndarray, tuple[float, float]]:
     """``image`` shrunk (area interpolation) to at most ``max_pixels``, and the factors
     (x, y) that take its coordinates back to the original's ((1, 1): unchanged)."""
-    import cv2
     h, w = image.shape[:2]
     if h * w <= max_pixels:
         return image, (1.0, 1.0)
@@ -76,7 +77,6 @@ class ImageFiles:
         return len(self.files)
 
     def __getitem__(self, index: int) -> LoadedImage:
-        from ..io import read_image
         path = self.files[index]
         try:
             image, factors = fit_to_pixels(read_image(path), self.max_pixels)
@@ -228,7 +228,6 @@ def default_workers() -> int:
 
 def set_threads(threads: Optional[int]) -> int:
     """Set torch's (and OpenCV's) thread count (``None``: :func:`default_threads`)."""
-    import cv2
     n = int(threads) if threads else default_threads()
     if n < 1:
         raise BloodlibError(f"--threads must be >= 1, got {n}.")

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from .common import check_image
+from ..viz import class_color
 
 WBC_NAMES = ("wbc", "white_blood_cell", "leukocyte", "leucocyte")
 CROP_PADDING = 0.15  # box grown by this fraction on each side before classification
@@ -192,7 +193,6 @@ def predict_images(predictor: Any, images: Sequence[np.ndarray], names: Sequence
 
 # ----------------------------------------------------------------------------- overlay
 def _rgb(name: str) -> tuple[int, int, int]:
-    from ..viz import class_color
     return tuple(int(round(255 * v)) for v in class_color(name))
 
 

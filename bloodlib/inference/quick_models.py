@@ -30,6 +30,9 @@ import torch
 
 from ..errors import BloodlibError
 from .store import PathLike, save_model
+from ..config import get_profile
+from ..experiments import wbc_segmentation as wcs
+from .segmentation import segmentation_meta
 
 QuickTrainer = Callable[[Path, int, int], tuple[torch.nn.Module, dict[str, Any]]]
 QUICK_TRAINERS: dict[str, QuickTrainer] = {}
@@ -82,9 +85,6 @@ def train_quick_model(task: str, folder: Optional[PathLike] = None, *, name: Opt
 def _quick_segmenter(work_dir: Path, seed: int, steps: int):
     """WCSegNet (width 0.25, 64 px, no augmentation, Adam 3e-3) on 64 Jiangxi images
     (synthetic crops when absent) for ``steps`` epochs."""
-    from ..config import get_profile
-    from ..experiments import wbc_segmentation as wcs
-    from .segmentation import segmentation_meta
 
     knobs = dict(get_profile("wcsegnet", "quick"))
     knobs.update(epochs=int(steps), time_budget_s=None, image_size=64,

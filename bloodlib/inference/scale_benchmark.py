@@ -31,8 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import register
+from ..config import get_profile, register
 from ..errors import BloodlibError
+from ..data.catalogue import dataset_path, is_available
+from ..predict_cli import predict_files
+from ..io import read_image
+from .pipeline import predict_images
+from .folder import default_threads, usable_cpus
+from ..results import make_result, publish_result, write_result
+from .store import default_model, load_predictor, read_meta, resolve_model
 
 EXPERIMENT = "predict_scale"
 register(EXPERIMENT, {
@@ -49,7 +56,6 @@ register(EXPERIMENT, {
 
 def pbc_files(n: int) -> list[Path]:
     """``n`` PBC crops spread over the classes (sorted, every k-th), deterministic."""
-    from ..data.catalogue import dataset_path, is_available
     if not is_available("pbc"):
         raise BloodlibError("The benchmark needs the PBC dataset: bloodlib fetch pbc, or set "
                             "BLOODLIB_DATA.")
@@ -60,7 +66,6 @@ def pbc_files(n: int) -> list[Path]:
 
 def bccd_files(n: int) -> list[Path]:
     """The first ``n`` BCCD test smears (640x480)."""
-    from ..data.catalogue import dataset_path, is_available
     if not is_available("bccd"):
         raise BloodlibError("The benchmark needs BCCD: bloodlib fetch bccd, or set BLOODLIB_DATA.")
     root = dataset_path("bccd") / "BCCD"
@@ -70,7 +75,6 @@ def bccd_files(n: int) -> list[Path]:
 
 def _timed_folder(files: Sequence[Path], predictor: Any, out: Path, threads: int,
                   **kw: Any) -> dict[str, Any]:
-    from ..predict_cli import predict_files
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     rep = predict_files(files, predictor, out, progress=False, **kw)
@@ -134,8 +138,6 @@ def detection_part(det: Any, clf: Any, onnx_det: Any, onnx_clf: Any, knobs: dict
 def latency_part(det: Any, clf: Any, onnx_det: Any, onnx_clf: Any, knobs: dict, cpus: int
                  ) -> dict[str, float]:
     """Mean ms per smear, detection + WBC typing, for the old setting and both runtimes."""
-    from ..io import read_image
-    from .pipeline import predict_images
     torch.set_num_threads(cpus)
     images = [read_image(p) for p in bccd_files(int(knobs["latency_images"]))]
     out = {}
@@ -195,7 +197,6 @@ def _busy(seconds: float) -> None:
 def contention_part(clf: Any, knobs: dict, work: Path, cpus: int) -> dict[str, float]:
     """The batched path while one other single-thread job runs: default threads (the free
     cores) vs as many threads as cores."""
-    from .folder import default_threads
     files = pbc_files(int(knobs["contention_images"]))
     ctx = mp.get_context("spawn")
     job = ctx.Process(target=_busy, args=(600.0,), daemon=True)
@@ -220,10 +221,6 @@ def run_scale_benchmark(profile: str = "bench_cpu", out_dir: str | Path = "outpu
                         classifier_name: Optional[str] = None,
                         detector_name: Optional[str] = None) -> Path:
     """Run every part with the store's models (newest unless named); write the JSON."""
-    from ..config import get_profile
-    from ..results import make_result, publish_result, write_result
-    from .folder import usable_cpus
-    from .store import default_model, load_predictor, read_meta, resolve_model
     knobs = dict(get_profile(EXPERIMENT, profile))
     cname = classifier_name or default_model("classify")
     dname = detector_name or default_model("detect")

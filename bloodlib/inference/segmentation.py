@@ -21,6 +21,9 @@ import torch.nn.functional as F
 
 from .common import PAPER5_CLASSES  # noqa: F401  (re-exported)
 from .common import Predictor, segmentation_meta, segmentation_meta_from_legacy, to_tensor
+from ..models.segmentation_zoo import build_segmentation_model
+from .store import check_head, read_task_checkpoint, rebuild_model
+from scipy import ndimage
 
 __all__ = ["SegmenterPredictor", "SegmentationResult", "segmentation_meta",
            "segmentation_meta_from_legacy"]
@@ -43,7 +46,6 @@ class SegmentationResult:
     def counts(self) -> dict[str, int]:
         """Connected regions per foreground class (regions smaller than
         ``min_object_pixels`` ignored) - e.g. the nuclei of each type."""
-        from scipy import ndimage
         out = {}
         for i, c in enumerate(self.classes[1:], start=1):
             labels, n = ndimage.label(self.class_map == i)
@@ -67,8 +69,6 @@ class SegmenterPredictor(Predictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: Any = "cpu") -> "SegmenterPredictor":
         """Rebuild the model named in the checkpoint's metadata and load its weights."""
-        from ..models.segmentation_zoo import build_segmentation_model
-        from .store import check_head, read_task_checkpoint, rebuild_model
         ckpt, meta = read_task_checkpoint(path, "segment", "a segmentation one")
         kwargs = dict(meta.get("architecture_kwargs") or {})
         num_classes = int(kwargs.pop("num_classes", len(meta["classes"])))

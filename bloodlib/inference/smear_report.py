@@ -26,6 +26,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from ..predict_cli import check_out_dir, collect_inputs, predict_files
+from ..viz import class_color
+import cv2
 
 LOW_CONFIDENCE = 0.6
 #: classifier classes that are not white cells (PBC's 8 classes include two): a detected
@@ -87,7 +90,6 @@ def _flags(row: dict[str, Any], low_det: int, low_type: int) -> list[str]:
 
 
 def _thumbnail(overlay: Path, target: Path) -> Optional[str]:
-    import cv2
     img = cv2.imread(str(overlay))
     if img is None:
         return None
@@ -120,7 +122,6 @@ def write_smear_report(inputs: Sequence[str | Path], out_dir: str | Path, detect
                        model_names: Sequence[str] = ()) -> Path:
     """Predict ``inputs`` (smear files / folders) and write ``report.html`` and
     ``report.csv`` into ``out_dir``; returns the HTML path."""
-    from ..predict_cli import check_out_dir, collect_inputs, predict_files
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     files, missing = collect_inputs(inputs, exclude=out_dir)
@@ -157,7 +158,6 @@ img.thumb{width:240px;border-radius:4px} .legend span{margin-right:10px;white-sp
 
 
 def _color(name: str) -> str:
-    from ..viz import class_color
     r, g, b = (int(round(255 * v)) for v in class_color(name)[:3])
     return f"#{r:02x}{g:02x}{b:02x}"
 

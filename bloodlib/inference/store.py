@@ -32,6 +32,7 @@ import torch
 from ..errors import BloodlibError, ModelFormatError, ModelNotFoundError
 from ..registry import Registry
 from .common import DEFAULT_PREPROCESSING, TASKS, segmentation_meta_from_legacy
+from ..engine.checkpoint import save_checkpoint
 
 PathLike = Union[str, os.PathLike]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +133,6 @@ def save_model(model: torch.nn.Module, name: str, meta: Mapping[str, Any], *,
     if not _NAME.match(name or ""):
         raise BloodlibError(f"Model name {name!r} is not valid; use letters, digits, '.', '_' "
                             "and '-' (e.g. 'wcsegnet-jiangxi').")
-    from ..engine.checkpoint import save_checkpoint
     path = _store(folder) / f"{name}{SUFFIX}"
     if path.exists() and not overwrite:
         raise BloodlibError(f"A model named {name!r} exists at {path}; pick another name or "

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..io import sha256_file
 from ..errors import BloodlibError
+from .store import _store, load_predictor, model_names, resolve_model
 
 MANIFEST = Path(__file__).resolve().parents[1] / "reference" / "zoo.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +73,6 @@ def zoo_model(name: str) -> ZooModel:
 
 def zoo_table() -> pd.DataFrame:
     """The manifest as a table, with whether each model is in the store."""
-    from .store import model_names
     have = set(model_names())
     return pd.DataFrame([{
         "name": m.name, "task": m.task, "in store": m.name in have,
@@ -98,7 +98,6 @@ def missing_model_hint(task: str) -> str:
 def pull(name: str, folder: Optional[Path] = None, timeout_s: float = 60.0) -> Path:
     """Download ``name``'s published file into the store, checking its sha256 and that
     it loads; BloodlibError when nothing is published or it cannot be reached."""
-    from .store import _store, load_predictor
     m = zoo_model(name)
     if not m.url or not m.sha256:
         raise BloodlibError(f"{name} has no published file yet; train it here instead: "
@@ -124,7 +123,6 @@ def pull(name: str, folder: Optional[Path] = None, timeout_s: float = 60.0) -> P
 
 def train(name: str, out_dir: Optional[Path] = None) -> Path:
     """Reproduce ``name`` with its recipe and store it; returns the stored file."""
-    from .store import resolve_model
     m = zoo_model(name)
     if "quick" in m.recipe:
         from .quick_models import train_quick_model

@@ -28,6 +28,7 @@ from pycocotools.cocoeval import COCOeval
 
 from bloodlib.data.records import category_names
 from bloodlib.errors import AnnotationError
+from sklearn.metrics import roc_auc_score, roc_curve
 
 __all__ = [
     "DetectionReport",
@@ -268,7 +269,6 @@ def detection_roc(gt: dict, predictions: Sequence[dict], iou_threshold: float = 
     tpr, auc)}``. Every detection (any score) is a true positive when
     :func:`greedy_matches` matches it and a false positive otherwise; the curve ranks them
     by score. Classes without both kinds are left out."""
-    from sklearn.metrics import roc_auc_score, roc_curve
     names = {c["id"]: c["name"] for c in gt["categories"]}
     y: dict[int, list[int]] = {c: [] for c in names}
     s: dict[int, list[float]] = {c: [] for c in names}

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
+import torchvision.models as tvm
 
 __all__ = ["build_classifier", "CLASSIFIERS", "PaperCNN", "CellClassifier", "HybridClassifier",
            "Normalize", "segment_cell", "shape_features", "shape_features_batch",
@@ -246,7 +247,6 @@ def _tv_weights(arch: str, pretrained: bool, allow_download: bool) -> Any:
 def _backbone(arch: str, pretrained: bool, small_input: bool, allow_download: bool,
               width: float) -> tuple[nn.Module, int, bool]:
     """(backbone returning pooled features, feature dimension, ImageNet weights loaded)."""
-    import torchvision.models as tvm
     if arch == "cnn":
         if pretrained:
             warnings.warn("The plain CNN has no ImageNet weights; training from scratch.",

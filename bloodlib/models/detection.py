@@ -35,6 +35,15 @@ import torch
 from torch import nn
 
 from ..errors import WeightsNotFoundError
+from .pretrained import efficientnet_lite
+import torchvision.models as tvm
+from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 __all__ = ["BACKBONES", "PAPER2_BACKBONES", "DETECTORS", "TRAINABLE_STAGES", "build_backbone",
            "build_detector", "cached_weights", "set_trainable_stage", "detector_info",
@@ -64,7 +73,6 @@ _RESNETS = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d")
 def cached_weights(backbone: str) -> Optional[Any]:
     """The torchvision ImageNet weights enum of ``backbone`` whose file is already in the
     torch hub cache (``$TORCH_HOME/hub/checkpoints``), or None. Never downloads."""
-    import torchvision.models as tvm
     _check_backbone(backbone)
     enum = getattr(tvm, _WEIGHTS[backbone])
     ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
@@ -106,7 +114,6 @@ class _Body:
 
 def _freeze_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d by a FrozenBatchNorm2d holding its statistics."""
-    from torchvision.ops.misc import FrozenBatchNorm2d
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
@@ -146,7 +153,6 @@ def lite_feature_body(name: str, pretrained: bool) -> _Body:
     activation) when ``pretrained``, so small batches do not disturb the statistics."""
     from timm.layers import freeze_batch_norm_2d
 
-    from .pretrained import efficientnet_lite
     net = efficientnet_lite(name, pretrained=pretrained, num_classes=0)
     features = nn.Sequential(OrderedDict(
         [("stem", nn.Sequential(net.conv_stem, net.bn1))]
@@ -160,8 +166,6 @@ def lite_feature_body(name: str, pretrained: bool) -> _Body:
 
 
 def _make_body(name: str, pretrained: Union[bool, str]) -> _Body:
-    import torchvision.models as tvm
-    from torchvision.ops.misc import FrozenBatchNorm2d
     if name in LITE_BACKBONES:
         return lite_feature_body(name, pretrained not in (False, None, "none"))
     weights = _resolve_weights(name, pretrained)
@@ -197,8 +201,6 @@ def build_backbone(name: str = "resnet50", levels: Sequence[int] = (2, 3, 4, 5),
     The returned module carries ``stage_names`` (the body's child names per stage),
     ``strides`` (per output level), ``backbone_name`` and ``pretrained``.
     """
-    from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
     _check_backbone(name)
     levels = sorted(set(int(l) for l in levels))
     if not levels or levels[0] < 2 or levels[-1] > 5:
@@ -276,10 +278,6 @@ def build_detector(kind: str = "faster_rcnn", backbone: str = "resnet50", num_cl
     switches the mask-IoU head on or off (the ablation) and ``mask_iou_*`` size it.
     The model carries ``detector_info(model)``-readable build arguments.
     """
-    from torchvision.models.detection import FasterRCNN, MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     if kind not in DETECTORS:
         raise ValueError(f"Unknown detector {kind!r}; choose one of {list(DETECTORS)}.")

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..io import sha256_file
 from ..errors import ModelFormatError, WeightsNotFoundError
+import re
 
 __all__ = ["LITE_WEIGHTS", "LITE_MEAN", "LITE_STD", "LiteWeights", "lite_weights_path",
            "load_verified", "map_lite_keys", "lite_state_dict", "efficientnet_lite",
@@ -213,6 +214,5 @@ def torchvision_state_dict(spec: str, allow_download: bool = False) -> dict[str,
 
 def _hash_prefix(file: Path) -> Optional[str]:
     """The SHA-256 prefix torch hub file names carry (``name-<hex>.pth``), or None."""
-    import re
     match = re.search(r"-([a-f0-9]+)\.", file.name)
     return match.group(1) if match else None

@@ -36,6 +36,9 @@ from ..engine import distributed as ddp
 from ..engine.checkpoint import resolve_resume
 from ..engine.device import device_plan
 from ..engine.loop import CheckpointHook, TrainLoop, TrainStep
+from ..errors import WeightsNotFoundError
+from .rmaskrcnn import cached_weights_file
+import pandas as pd
 
 __all__ = ["ResidualBlock", "NoiseSuppressionGenerator", "ResolutionGenerator",
            "Discriminator", "FeatureExtractor", "RensGAN", "GANHistory", "degrade",
@@ -129,8 +132,6 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, weights: str = "auto", seed: int = 0) -> None:
         super().__init__()
-        from ..errors import WeightsNotFoundError
-        from .rmaskrcnn import cached_weights_file
         if weights not in ("auto", "imagenet", "random"):
             raise ValueError(f"weights must be 'auto', 'imagenet' or 'random', not {weights!r}.")
         with torch.random.fork_rng():
@@ -221,7 +222,6 @@ class GANHistory:
     feature_weights: str = "random"
 
     def to_frame(self) -> "Any":
-        import pandas as pd
         return pd.DataFrame(self.rows)
 
 

@@ -56,6 +56,8 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from ..errors import WeightsNotFoundError
 from .attention import ATTENTION_KINDS, ChannelAttention, attention_modules, build_attention
+import torchvision
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 __all__ = ["BACKBONES", "PAPER_ANCHOR_SIZES", "PAPER_ASPECT_RATIOS", "AttentionFPN",
            "RBackbone", "MultiLevelRoIAlign", "FusedPyramidRoIAlign",
@@ -75,8 +77,6 @@ MASK_FUSIONS = ("roi", "map")
 def cached_weights_file(name: str) -> Path:
     """Where torch hub caches the default ImageNet weights of torchvision model ``name``
     (the file may not exist: bloodlib never downloads it)."""
-    import torchvision
-
     url = torchvision.models.get_model_weights(name).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
@@ -86,8 +86,6 @@ def torchvision_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     initialised, or with ImageNet weights when ``pretrained`` — only if they are already
     in the torch hub cache (:class:`~bloodlib.errors.WeightsNotFoundError` otherwise).
     ``kwargs`` go to the torchvision builder (e.g. ``norm_layer``)."""
-    import torchvision
-
     builder = getattr(torchvision.models, name)
     if not pretrained:
         return builder(weights=None, **kwargs)
@@ -114,7 +112,6 @@ def backbone_body(name: str = "mobilenet_v3_large", pretrained: bool = False
         body = IntermediateLayerGetter(lite.module, ends)
         body.normalization = lite.normalization
         return body, list(lite.channels[1:])
-    from torchvision.ops.misc import FrozenBatchNorm2d
     frozen = {"norm_layer": FrozenBatchNorm2d} if pretrained else {}
     net = torchvision_model(name, pretrained, **frozen)
     if name.startswith("resnet"):

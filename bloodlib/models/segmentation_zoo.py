@@ -38,6 +38,7 @@ from torch import nn
 
 from .unet import UNet
 from .wcsegnet import WCSegNet
+from .pretrained import efficientnet_lite, LITE_WEIGHTS
 
 __all__ = ["build_segmentation_model", "SEGMENTATION_MODELS", "ResUNet", "PadToMultiple",
            "NormalizedInput", "count_parameters", "model_summary"]
@@ -153,7 +154,6 @@ def _lite_unet(num_classes: int, in_channels: int, width: float, encoder: str = 
                pretrained: bool = False, **kw: Any) -> nn.Module:
     import segmentation_models_pytorch as smp  # heavy import (timm): only when needed
 
-    from .pretrained import LITE_WEIGHTS, efficientnet_lite
     if encoder not in LITE_WEIGHTS:
         raise ValueError(f"encoder must be one of {list(LITE_WEIGHTS)}, got {encoder!r}.")
     if in_channels != 3:
