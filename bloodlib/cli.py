@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("experiment", help="mcnet, maskrcnn_backbones, blood_cancer, "
                                           "wbc_classification, unet_family, wcsegnet")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="profile settings, Python literals (iterations=5000 lr=0.01)")
+                       help="profile settings, Python literals, by flat name or path "
+                            "(iterations=5000 lr=0.01 yolo.epochs=5); a wrong name lists the valid ones")
     train.add_argument("--model", help="which model (default: the experiment's main one)")
     train.add_argument("--profile", choices=PROFILE_NAMES, default="full")
     train.add_argument("--out", help="output folder (default outputs/train/<experiment>)")

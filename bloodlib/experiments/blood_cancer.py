@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import register
+from .configs import BloodCancerConfig
 from ..results import compare_with_paper, finite_metrics, paper_table, reference_table as table
 from ..data.splits import subset_coco  # noqa: F401  (also notebooks' mc./bc.subset_coco)
 from ..engine import distributed as ddp
@@ -126,7 +127,7 @@ _QUICK = {**_COMMON,
 _ALL_ABLATIONS = [{"attention": a, "bottom_up": True} for a in ("none", "ca", "sa", "sa_ca")] \
     + [{"attention": "ca_sa", "bottom_up": False},
        {"attention": "ca_sa", "bottom_up": True, "multiscale_mask_head": False}]
-register(EXPERIMENT, {
+register(EXPERIMENT, schema=BloodCancerConfig, profiles={
     # ~2.5 min on 2 idle cores: 24 train / 10 validation images at 256 px, 30 steps per
     # model (5 detectors); every training also stops at its time budget on a busy machine
     "quick": _QUICK,

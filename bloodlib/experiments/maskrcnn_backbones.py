@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from ..config import register
+from .configs import MaskrcnnBackbonesConfig
 from ..models.detection import BACKBONE_LABELS, PAPER2_BACKBONES
 from . import mcnet_detection as mc
 from ..engine.detection import detection_val_loss, loss_summary
@@ -61,7 +62,7 @@ _COMMON = {"threshold": 0.75, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip"
            # fine-tuning an ImageNet backbone at batch 2 diverges at the scratch rate
            "lr_by_backbone": {"efficientnet_lite0": 0.01, "efficientnet_lite1": 0.01,
                               "efficientnet_lite2": 0.01}}
-register(EXPERIMENT, {
+register(EXPERIMENT, schema=MaskrcnnBackbonesConfig, profiles={
     # ~3 min on 2 cores: two backbones, 6/2/2 images per class at 128 px, ~35 s each
     "quick": {**_COMMON, "backbones": ["efficientnet_lite0", "mobilenet_v3_large"],
               "per_class": {"train": 6, "val": 2, "test": 2}, "image_size": 128,

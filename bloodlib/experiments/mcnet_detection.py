@@ -52,6 +52,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import get_profile, register
+from .configs import McnetConfig
 from ..data.splits import subset_coco  # noqa: F401  (also notebooks' mc./bc.subset_coco)
 from ..engine import distributed as ddp
 from ..metrics.detection import detection_roc  # noqa: F401  (notebook 01 calls mc.detection_roc)
@@ -108,7 +109,7 @@ _COMMON = {"models": list(MODELS), "aspect_ratios": [0.5, 1.0, 2.0], "anchor_siz
            "store_model": False,
            # ultralytics' own multi-GPU training: e.g. [0, 1] or "0,1" (None: the run's device)
            "yolo_devices": None}
-register(EXPERIMENT, {
+register(EXPERIMENT, schema=McnetConfig, profiles={
     # a few minutes on 2 cores: BCCD subset, fine-tuning an ImageNet EfficientNet-Lite0
     # (packaged weights, offline) at 256 px for half a minute per model
     "quick": {**_COMMON, "datasets": ["bccd"], "backbone": "efficientnet_lite0",

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from ..config import register
+from .configs import UnetFamilyConfig
 from ..data.masks import read_label_mask
 from ..data.records import MaskedImage
 from . import wbc_segmentation as wcs
@@ -49,7 +50,7 @@ _COMMON = {"models": list(MODELS), "num_classes": 2, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0, "lr_schedule": "cosine",
            "min_lr_factor": 0.05, "channels_last": True, "tta": None, "lr_by_model": {}}
-register(EXPERIMENT, {
+register(EXPERIMENT, schema=UnetFamilyConfig, profiles={
     # ~1 min on 2 cores: small images, a few epochs, really training
     # CBAM-DC-UNet stayed all background at 2e-3 in 24 steps (IoU 0.00; 0.68 at 5e-3)
     "quick": {**_COMMON, "image_size": 96, "width": 0.25, "epochs": 4, "batch_size": 8,

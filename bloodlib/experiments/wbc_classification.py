@@ -87,6 +87,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import get_profile, register
+from .configs import WbcClassificationConfig
 from ..results import (finite_metrics, paper_table, pretrained_vs_scratch,
                        reference_table as table)
 from ..engine import distributed as ddp
@@ -137,7 +138,7 @@ _COMMON = {"crop_fraction": 1.0, "small_input": None, "batch_size": 64, "optimiz
            "external": ["cellavision", "jiangxi"], "synthetic_per_class": 50,
            "samples_per_class": 2, "gradcam_n": 6, "misclassified_n": 8, "printout_n": 4,
            "store_model": True, "amp": "bf16_cpu", "torch_threads": None}
-register(EXPERIMENT, {
+register(EXPERIMENT, schema=WbcClassificationConfig, profiles={
     # the whole notebook in ~2-3 min on 2 cores: 48 px, 80 images per class, seconds per model
     # The 8-class model fine-tunes EfficientNet-Lite0 from its packaged ImageNet weights.
     "quick": {**_COMMON, "image_size": 48, "small_input": False, "max_per_class": 80,

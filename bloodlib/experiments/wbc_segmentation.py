@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import register
+from .configs import WcsegnetConfig
 from ..results import (compare_with_paper, finite_metrics, paper_table, pretrained_vs_scratch,
                        reference_table as table)
 from ..data.masks import NUCLEUS, read_label_mask
@@ -94,7 +95,7 @@ _COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
            # bloodlib train/bench only: train on train + validation (the best epoch is then
            # picked on images the model saw), and a split seed apart from the training seed
            "train_on_val": False, "split_seed": None}
-register(EXPERIMENT, {
+register(EXPERIMENT, schema=WcsegnetConfig, profiles={
     # the whole notebook in ~1-2 min on 2 cores: Jiangxi only, a subset, a few epochs
     "quick": {**_COMMON, "datasets": ["jiangxi"], "image_size": 96, "width": 0.25,
               "epochs": 8, "batch_size": 8, "lr": 1e-3, "max_train_batches": 8,

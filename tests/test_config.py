@@ -1,0 +1,58 @@
+"""Issue 26: typed profiles (frozen dataclasses with sections) and dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import bloodlib.experiments.mains  # noqa: F401  (registers every experiment's profiles)
+from bloodlib import config
+from bloodlib.errors import SettingError
+from bloodlib.experiments.configs import McnetConfig, McnetYolo
+
+
+@pytest.mark.parametrize("experiment", config.experiments())
+@pytest.mark.parametrize("profile", config.PROFILE_NAMES)
+def test_every_profile_is_an_instance_of_its_schema(experiment, profile):
+    typed = config.get_config(experiment, profile)
+    assert dataclasses.is_dataclass(typed)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(typed, next(iter(dataclasses.asdict(typed))), 0)
+    flat = {k: v for k, v in config.get_profile(experiment, profile).items() if k != "profile"}
+    assert config.to_flat(typed) == flat
+
+
+def test_sections_and_dotted_overrides():
+    typed = config.get_config("mcnet", "quick", **{"yolo.epochs": 5, "pbc.enabled": False})
+    assert isinstance(typed, McnetConfig) and isinstance(typed.yolo, McnetYolo)
+    assert typed.yolo.epochs == 5 and typed.pbc.enabled is False
+    assert config.get_profile("mcnet", "quick", **{"yolo.epochs": 7})["yolo_epochs"] == 7
+    assert config.get_profile("mcnet", "quick", yolo_epochs=7)["yolo_epochs"] == 7  # flat too
+    assert config.setting_types("mcnet")["yolo.epochs"] is int
+    parsed = config.parse_overrides(["yolo.epochs=3", "lr=0.01"])
+    assert config.get_config("mcnet", "quick", **parsed).yolo.epochs == 3
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"yolo.epoch": 5}, "Unknown setting 'yolo.epoch'"),
+    ({"yolo.epochs": "five"}, "must be int"),
+    ({"yolo_epochs": 2.5}, "must be int"),
+    ({"lr": True}, "must be float"),
+    ({"pbc.enabled": "no"}, "must be bool"),
+])
+def test_wrong_names_and_types_fail_loudly(bad, message):
+    with pytest.raises(SettingError, match=message):
+        config.get_profile("mcnet", "quick", **bad)
+
+
+def test_a_profile_that_does_not_fit_its_schema_is_refused_at_registration():
+    @dataclasses.dataclass(frozen=True)
+    class Tiny:
+        epochs: int
+
+    with pytest.raises(SettingError, match="missing settings"):
+        config.register("tiny_test", {p: {} for p in config.PROFILE_NAMES}, schema=Tiny)
+    with pytest.raises(SettingError, match="must be int"):
+        config.register("tiny_test", {p: {"epochs": "3"} for p in config.PROFILE_NAMES}, schema=Tiny)
+    assert "tiny_test" not in config.experiments()
