@@ -61,6 +61,16 @@ def _new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (
     return fig, axes
 
 
+def finish_figure(fig: Figure, title: str = "") -> Figure:
+    """Title (when given), tight layout, detached from pyplot: the figure is shown only
+    when returned or displayed. Every figure function of the experiments ends here."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def _figure_and_ax(ax: Optional[Axes], figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
@@ -339,18 +349,23 @@ def plot_roc_curves(curves: Mapping[str, Sequence[Any]], title: str = "ROC") -> 
 
 
 def plot_confusion_matrix(cm: Any, labels: Sequence[str], normalize: bool = False,
-                          title: Optional[str] = None, cmap: str = "Blues") -> Figure:
+                          title: Optional[str] = None, cmap: str = "Blues",
+                          ax: Optional[Axes] = None, col_labels: Optional[Sequence[str]] = None,
+                          colorbar: bool = True) -> Figure:
     """Annotated seaborn heatmap; rows are true classes, columns predictions.
 
     ``normalize=True`` divides each row by its total (rows without samples stay 0).
+    ``col_labels`` name the columns when they differ from the rows (an extra "none" or
+    "background" column); ``ax`` draws into a panel of a larger figure.
     """
     m = np.asarray(cm, dtype=float)
-    n = len(labels)
-    if m.ndim != 2 or m.shape != (n, n):
-        raise ValueError(f"Confusion matrix of shape {m.shape} does not match {n} labels.")
+    rows, cols = list(labels), list(col_labels if col_labels is not None else labels)
+    if m.ndim != 2 or m.shape != (len(rows), len(cols)):
+        raise ValueError(f"Confusion matrix of shape {m.shape} does not match "
+                         f"{len(rows)} x {len(cols)} labels.")
+    n = max(len(rows), len(cols))
     size = max(4.0, 0.55 * n + 2.5)
-    fig, axes = _new_figure(1, 1, (size + 1, size))
-    ax = axes[0, 0]
+    fig, ax = _figure_and_ax(ax, (size + 1, size))
     if n == 0:
         _empty(ax, "empty confusion matrix")
         return fig
@@ -359,10 +374,11 @@ def plot_confusion_matrix(cm: Any, labels: Sequence[str], normalize: bool = Fals
         m = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
     integer = not normalize and np.allclose(m, np.round(m))
     sns.heatmap(m, annot=n <= 30, fmt=".0f" if integer else ".2f", cmap=cmap, square=True,
-                xticklabels=list(labels), yticklabels=list(labels), ax=ax, linewidths=0.5,
-                linecolor="white", vmin=0, vmax=1 if normalize else None,
-                annot_kws={"fontsize": 8 if n > 10 else 10},
-                cbar_kws={"label": "fraction of true class" if normalize else "count", "shrink": 0.8})
+                xticklabels=cols, yticklabels=rows, ax=ax, linewidths=0.5,
+                linecolor="white", vmin=0, vmax=1 if normalize else None, cbar=colorbar,
+                annot_kws={"fontsize": 7 if n > 8 else 9},
+                cbar_kws={"label": "fraction of true class" if normalize else "count",
+                          "shrink": 0.8} if colorbar else None)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.tick_params(axis="x", rotation=45)
@@ -372,6 +388,18 @@ def plot_confusion_matrix(cm: Any, labels: Sequence[str], normalize: bool = Fals
     ax.set_title(title or ("Confusion matrix (row-normalised)" if normalize else "Confusion matrix"))
     fig.tight_layout()
     return fig
+
+
+def confusion_panels(panels: Mapping[str, tuple[Any, Sequence[str], Sequence[str]]],
+                     title: str = "", normalize: bool = False, panel_size: float = 4.6) -> Figure:
+    """One confusion matrix per panel: ``panels`` maps a panel title to ``(matrix,
+    row labels, column labels)`` (rows true, columns predicted)."""
+    fig, axes = _new_figure(1, max(1, len(panels)),
+                            (panel_size * max(1, len(panels)), panel_size * 0.9))
+    for ax, (name, (cm, rows, cols)) in zip(axes[0], panels.items()):
+        plot_confusion_matrix(cm, rows, normalize=normalize, title=name, ax=ax,
+                              col_labels=cols, colorbar=False)
+    return finish_figure(fig, title)
 
 
 def plot_class_balance(counts: Union[Mapping[str, float], pd.Series],

@@ -141,3 +141,21 @@ def test_paper_comparison_grouped_bars():
     assert isinstance(viz.plot_paper_comparison(empty), Figure)
     with pytest.raises(ValueError):
         viz.plot_paper_comparison(pd.DataFrame({"a": [1]}))
+
+
+def test_confusion_panels_draw_one_matrix_per_panel_with_an_extra_column():
+    """Issue 26: the experiments' confusion figures share viz.confusion_panels."""
+    import numpy as np
+
+    from bloodlib.experiments import maskrcnn_backbones as mb
+    from bloodlib.viz import confusion_panels
+    cm = np.array([[3, 1, 0], [0, 2, 2]])
+    fig = confusion_panels({"a": (cm, ["x", "y"], ["x", "y", "none"]),
+                            "b": (cm, ["x", "y"], ["x", "y", "none"])}, title="t")
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "a"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["x", "y", "none"]
+    with pytest.raises(ValueError, match="does not match"):
+        confusion_panels({"a": (cm, ["x", "y"], ["x", "y"])})
+    results = {"resnet50": {"confusion": cm, "confusion_labels": ["x", "y", "none"],
+                            "table5": {"top1_accuracy": 0.5}}}
+    assert "0.50" in mb.confusion_figure(results).axes[0].get_title()

@@ -72,7 +72,7 @@ from ..models.rens_gan import augment_with_gan, degrade, random_crops
 from ..data.datasets import decode_segmentation, DetectionDataset
 from ..models.classifiers import build_classifier
 from ..models.attention import attention_modules, ChannelAttention, gate
-from ..viz import overlay_mask
+from ..viz import finish_figure, overlay_mask
 from ..inference.store import read_task_checkpoint, rebuild_model
 import warnings
 import hashlib
@@ -756,13 +756,6 @@ def classification_tables(report: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # ============================================================================ figures
-def _finish(fig: Any) -> Any:
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
 def pipeline_figure() -> Any:
     """Paper 3's Figure 1 as we run it: augmentation, segmentation, classification."""
     import matplotlib.pyplot as plt
@@ -787,7 +780,7 @@ def pipeline_figure() -> Any:
     ax.set_ylim(-0.2, 1.8)
     ax.axis("off")
     ax.set_title("DeepBCSDnet pipeline (paper 3, Figure 1) as run in this notebook")
-    return _finish(fig)
+    return finish_figure(fig)
 
 
 def _attention_place(name: str) -> str:
@@ -869,7 +862,7 @@ def attention_figure(model: nn.Module, image: torch.Tensor, n_channels: int = 3)
         ax.axis("off")
     fig.suptitle("Channel- and spatial-attention of the trained R-Mask R-CNN "
                  "(paper 3, Figures 4-5)")
-    return _finish(fig)
+    return finish_figure(fig)
 
 
 @torch.no_grad()
@@ -901,7 +894,7 @@ def gan_figure(gan: Any, images: Sequence[np.ndarray], history: Any, knobs: Mapp
     ax.set(xlabel="step", ylabel="loss", yscale="log",
            title=f"GAN losses (VGG features: {history.feature_weights})")
     ax.legend(fontsize=8)
-    return _finish(fig)
+    return finish_figure(fig)
 
 
 def training_figure(logs: Mapping[str, TrainLog]) -> Any:
@@ -915,7 +908,7 @@ def training_figure(logs: Mapping[str, TrainLog]) -> Any:
     ax.set(xlabel="step", ylabel="total loss (5-step mean)", title="Training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _finish(fig)
+    return finish_figure(fig)
 
 
 def outcomes_figure(ev: EvalSet, preds: Mapping[str, Sequence[Prediction]], n: int = 3,
@@ -937,7 +930,7 @@ def outcomes_figure(ev: EvalSet, preds: Mapping[str, Sequence[Prediction]], n: i
             if i == 0:
                 ax.set_title(t, fontsize=9)
     fig.suptitle("Segmented outcomes on validation images (paper 3, Figure 11)")
-    return _finish(fig)
+    return finish_figure(fig)
 
 
 def ablation_figure(df: pd.DataFrame) -> Any:
@@ -952,7 +945,7 @@ def ablation_figure(df: pd.DataFrame) -> Any:
         ax.grid(axis="x", alpha=0.3)
     axes[1].set_yticklabels([])
     fig.suptitle("Ablation: attention in FPN / bottom-up path / mask head")
-    return _finish(fig)
+    return finish_figure(fig)
 
 
 def ablation_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -982,7 +975,7 @@ def table1_figure(df: pd.DataFrame) -> Any:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Table I: paper 3 (SN-AM + MiMM_SBILab + C-NMC) vs ours (SegPC-2021 validation)")
-    return _finish(fig)
+    return finish_figure(fig)
 
 
 def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: Mapping[str, float],

@@ -29,10 +29,10 @@ Choices made here:
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -44,7 +44,7 @@ from . import mcnet_detection as mc
 from ..engine.detection import detection_val_loss, loss_summary
 from ..metrics.detection import precision_recall_f1
 from ..results import compare_with_paper, paper_table
-from ..viz import detection_grid, draw_detections
+from ..viz import confusion_panels, detection_grid, draw_detections, finish_figure
 from ..data.convert import rle_to_mask
 from sklearn.metrics import confusion_matrix
 
@@ -249,14 +249,13 @@ def samples_figure(coco: dict, n: int = 8, seed: int = 0, title: str = ""):
     samples = [{**mc._gt_sample(coco, i, True), "title": names[ann_by_img[coco["images"][i]["id"]]
                                                                  ["category_id"]]} for i in idx]
     fig = detection_grid(samples, ncols=min(4, max(1, len(samples))), size=2.6)
-    return mc._done(fig, title)
+    return finish_figure(fig, title)
 
 
 def loss_curves_figure(logs: Mapping[str, Any], val_losses: Mapping[str, Mapping[str, float]],
                        smooth: int = 10, title: str = ""):
     """Paper 2 Appendix 1: training losses per step (moving average) per backbone, with the
     final validation loss as a dashed line."""
-    plt = mc._plt()
     n = len(logs)
     fig, axes = plt.subplots(1, max(1, n), figsize=(4.4 * max(1, n), 3.4), squeeze=False)
     names = {"loss": "total", "loss_box_reg": "box", "loss_classifier": "class",
@@ -272,25 +271,16 @@ def loss_curves_figure(logs: Mapping[str, Any], val_losses: Mapping[str, Mapping
         ax.set(title=BACKBONE_LABELS.get(b, b), xlabel="step", ylabel="loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return mc._done(fig, title)
+    return finish_figure(fig, title)
 
 
 def confusion_figure(results: Mapping[str, Mapping[str, Any]], title: str = ""):
     """Paper 2 Appendix 2: the test confusion matrix of each backbone (rows true class,
     columns predicted class; "none" = no detection above the threshold)."""
-    import seaborn as sns
-    plt = mc._plt()
-    n = len(results)
-    fig, axes = plt.subplots(1, max(1, n), figsize=(5.6 * max(1, n), 4.8), squeeze=False)
-    for ax, (b, r) in zip(axes[0], results.items()):
-        cm, cols = r["confusion"], r["confusion_labels"]
-        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
-                    xticklabels=cols, yticklabels=cols[:-1], annot_kws={"fontsize": 7})
-        ax.set(title=f"{BACKBONE_LABELS.get(b, b)} (top-1 {r['table5']['top1_accuracy']:.2f})",
-               xlabel="predicted", ylabel="true")
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-        ax.tick_params(axis="y", rotation=0, labelsize=7)
-    return mc._done(fig, title)
+    return confusion_panels(
+        {f"{BACKBONE_LABELS.get(b, b)} (top-1 {r['table5']['top1_accuracy']:.2f})":
+         (r["confusion"], r["confusion_labels"][:-1], r["confusion_labels"])
+         for b, r in results.items()}, title, panel_size=5.4)
 
 
 def examples_figure(gt: dict, results: Mapping[str, Mapping[str, Any]], n: int = 4,
@@ -298,7 +288,6 @@ def examples_figure(gt: dict, results: Mapping[str, Mapping[str, Any]], n: int =
     """Paper 2 Appendix 3: the best detection (mask, box, class, score) of each backbone
     on ``n`` test images, a row per backbone; a best detection scoring below
     ``threshold`` is drawn too and its panel title says so."""
-    plt = mc._plt()
     names = {c["id"]: c["name"] for c in gt["categories"]}
     step = max(1, len(gt["images"]) // max(1, n))
     idx = list(range(0, len(gt["images"]), step))[:n]
@@ -324,12 +313,11 @@ def examples_figure(gt: dict, results: Mapping[str, Mapping[str, Any]], n: int =
             if c == 0:
                 axes[r, c].text(-0.08, 0.5, BACKBONE_LABELS.get(b, b), rotation=90,
                                 transform=axes[r, c].transAxes, va="center", ha="right")
-    return mc._done(fig, title)
+    return finish_figure(fig, title)
 
 
 def table_figure(table: pd.DataFrame, metric: str, title: str = ""):
     """Paper vs ours for one metric across backbones (bars)."""
-    plt = mc._plt()
     t = table[table["metric"] == metric]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(t) + 2), 3.4))
     x = np.arange(len(t))
@@ -339,4 +327,4 @@ def table_figure(table: pd.DataFrame, metric: str, title: str = ""):
     ax.set(ylabel=metric, ylim=(0, 1.05))
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
-    return mc._done(fig, title)
+    return finish_figure(fig, title)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -78,7 +79,8 @@ from ..data.convert import mask_to_rle, polygons_to_mask, rle_to_mask
 from ..inference.store import _store, normalize_meta, save_model
 from ..results import compare_with_paper, paper_table, reference_table as table
 from ..models.segmentation_zoo import count_parameters
-from ..viz import class_color, detection_grid, plot_roc_curves
+from ..viz import (class_color, confusion_panels, detection_grid, finish_figure,
+                   plot_roc_curves)
 import resource
 import sys
 from PIL import Image
@@ -696,23 +698,9 @@ def peak_memory_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _done(fig, title: str = ""):
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _plt().close(fig)
-    return fig
-
-
 def preprocessing_figure(images: Sequence[Any], titles: Sequence[str] = (),
                          stains: Sequence[str] = ("reinhard", "macenko")):
     """Each image (rows) as is, after CLAHE, and after each stain normalisation."""
-    plt = _plt()
     cols = [("original", None), ("CLAHE", build_preprocess(True, None))]
     for s in stains:
         try:
@@ -728,7 +716,7 @@ def preprocessing_figure(images: Sequence[Any], titles: Sequence[str] = (),
             axes[i, j].set_title(f"{titles[i] if i < len(titles) else ''} {name}".strip(),
                                  fontsize=9)
             axes[i, j].axis("off")
-    return _done(fig)
+    return finish_figure(fig)
 
 
 def _gt_sample(coco: dict, image_index: int, with_masks: bool = False) -> dict[str, Any]:
@@ -752,13 +740,12 @@ def dataset_figure(coco: dict, n: int = 3, title: str = "", with_masks: bool = T
     samples = [{**_gt_sample(coco, int(i), with_masks), "title": Path(coco["images"][i]["path"]).name}
                for i in idx]
     fig = detection_grid(samples, ncols=n)
-    return _done(fig, title)
+    return finish_figure(fig, title)
 
 
 def loss_figure(logs: Mapping[str, Any], smooth: int = 5, title: str = ""):
     """Training loss per step (moving average over ``smooth`` steps), one panel per model
     with every component; YOLO's per-epoch losses (box, cls, dfl) for ultralytics runs."""
-    plt = _plt()
     n = len(logs)
     fig, axes = plt.subplots(1, max(1, n), figsize=(4.6 * max(1, n), 3.5), squeeze=False)
     for ax, (name, log) in zip(axes[0], logs.items()):
@@ -778,12 +765,11 @@ def loss_figure(logs: Mapping[str, Any], smooth: int = 5, title: str = ""):
         ax.set(title=MODEL_LABELS.get(name, name), ylabel="loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _done(fig, title)
+    return finish_figure(fig, title)
 
 
 def pr_figure(evals: Mapping[str, Evaluation], title: str = ""):
     """Per-class precision-recall curves at IoU 0.5 (paper 1 Figures 8, 9), a panel per model."""
-    plt = _plt()
     fig, axes = plt.subplots(1, len(evals), figsize=(4.3 * len(evals), 3.8), squeeze=False)
     for ax, (name, ev) in zip(axes[0], evals.items()):
         for cls, (r, p) in ev.bbox.pr_curves.items():
@@ -793,12 +779,11 @@ def pr_figure(evals: Mapping[str, Evaluation], title: str = ""):
                title=f"{MODEL_LABELS.get(name, name)} (mAP50 {ev.bbox.AP50:.2f})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    return _done(fig, title)
+    return finish_figure(fig, title)
 
 
 def pr_comparison_figure(evals: Mapping[str, Evaluation], title: str = ""):
     """Class-averaged precision-recall curve of each model (paper 1 Figures 13, 14)."""
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     for name, ev in evals.items():
         curves = list(ev.bbox.pr_curves.values())
@@ -810,32 +795,21 @@ def pr_comparison_figure(evals: Mapping[str, Evaluation], title: str = ""):
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision (mean over classes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    return _done(fig, title)
+    return finish_figure(fig, title)
 
 
 def confusion_figure(evals: Mapping[str, Evaluation], title: str = "", normalize: bool = False):
     """Detection confusion matrices (rows true class, columns predicted; "background" =
     missed / false alarm), a panel per model (paper 1 Figures 6, 7)."""
-    import seaborn as sns
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(evals), figsize=(4.4 * len(evals), 3.9), squeeze=False)
-    for ax, (name, ev) in zip(axes[0], evals.items()):
-        cm = np.asarray(ev.confusion, float).T  # -> rows true
-        if normalize:
-            tot = cm.sum(1, keepdims=True)
-            cm = np.divide(cm, tot, out=np.zeros_like(cm), where=tot > 0)
-        sns.heatmap(cm, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", cbar=False,
-                    xticklabels=ev.confusion_labels, yticklabels=ev.confusion_labels, ax=ax,
-                    square=True, annot_kws={"fontsize": 8})
-        ax.set(title=MODEL_LABELS.get(name, name), xlabel="predicted", ylabel="true")
-        ax.tick_params(axis="x", rotation=45)
-    return _done(fig, title)
+    return confusion_panels({MODEL_LABELS.get(n, n): (np.asarray(ev.confusion, float).T,
+                                                      ev.confusion_labels, ev.confusion_labels)
+                             for n, ev in evals.items()}, title, normalize=normalize)
 
 
 def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], title: str = "ROC"):
     """Per-class ROC of detection scores (paper 1 Figure 16)."""
     fig = plot_roc_curves(dict(curves), title=title)
-    _plt().close(fig)
+    plt.close(fig)
     return fig
 
 
@@ -858,7 +832,7 @@ def side_by_side_figure(gt: dict, evals: Mapping[str, Evaluation], image_index: 
             s["masks"] = np.stack([rle_to_mask(p["segmentation"]) for p in preds]).astype(bool)
         samples.append(s)
     fig = detection_grid(samples, ncols=min(len(samples), 5), size=3.6)
-    return _done(fig, title)
+    return finish_figure(fig, title)
 
 
 def ablation_table(evals: Mapping[str, Evaluation]) -> pd.DataFrame:
@@ -884,7 +858,6 @@ def ablation_table(evals: Mapping[str, Evaluation]) -> pd.DataFrame:
 def ablation_figure(table: pd.DataFrame, calibration: pd.DataFrame, title: str = ""):
     """Left: mask AP of the ablation variants; right: predicted vs actual mask IoU of
     MCNet's detections (with Pearson's r)."""
-    plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     if not table.empty:
         table[["mask AP", "mask AP50", "mask AP75"]].plot.barh(ax=axes[0])
@@ -902,16 +875,15 @@ def ablation_figure(table: pd.DataFrame, calibration: pd.DataFrame, title: str =
     ax.plot([0, 1], [0, 1], ls=":", color="0.5")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="actual mask IoU", ylabel="predicted mask IoU")
     ax.grid(alpha=0.3)
-    return _done(fig, title)
+    return finish_figure(fig, title)
 
 
 def comparison_figure(table: pd.DataFrame, title: str = ""):
     """Grouped bars paper vs ours per model and metric (percent)."""
-    plt = _plt()
     if table.empty:
         fig, ax = plt.subplots(figsize=(4, 2))
         ax.set_axis_off()
-        return _done(fig, title)
+        return finish_figure(fig, title)
     models = list(dict.fromkeys(table["model"]))
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False,
                              sharey=True)
@@ -925,7 +897,7 @@ def comparison_figure(table: pd.DataFrame, title: str = ""):
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].set_ylabel("percent")
     axes[0, 0].legend(fontsize=8)
-    return _done(fig, title)
+    return finish_figure(fig, title)
 
 
 # ----------------------------------------------------------------------------- demo model

@@ -105,7 +105,7 @@ from ..models.classifiers import build_classifier, segment_cell, shape_features
 from ..engine.checkpoint import run_checkpoint, save_checkpoint
 from ..engine.trainer import fit
 from ..metrics.classification import classification_report
-from ..viz import overlay_mask, plot_confusion_matrix, plot_roc_curves
+from ..viz import finish_figure, overlay_mask, plot_confusion_matrix, plot_roc_curves
 from ..explain import grad_cam, overlay_cam
 import albumentations as A
 import cv2
@@ -765,13 +765,6 @@ def pbc8_paper_table(ours: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- figures
-def _close(fig):
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
 def samples_figure(data: CellImages, classes: Sequence[str], per_class: int = 2, seed: int = 0,
                    title: str = ""):
     """``per_class`` random images of each class, one column per class."""
@@ -789,7 +782,7 @@ def samples_figure(data: CellImages, classes: Sequence[str], per_class: int = 2,
                 ax.imshow(data.images[pick[i]])
         axes[0, j].set_title(c, fontsize=9)
     fig.suptitle(title)
-    return _close(fig)
+    return finish_figure(fig)
 
 
 def augmentation_figure(image: np.ndarray, knobs: Mapping[str, Any], n: int = 7, seed: int = 0):
@@ -803,7 +796,7 @@ def augmentation_figure(image: np.ndarray, knobs: Mapping[str, Any], n: int = 7,
         ax.imshow(aug(image=image)["image"])
     for ax in axes:
         ax.axis("off")
-    return _close(fig)
+    return finish_figure(fig)
 
 
 def shape_figure(data: CellImages, classes: Sequence[str], seed: int = 0):
@@ -821,7 +814,7 @@ def shape_figure(data: CellImages, classes: Sequence[str], seed: int = 0):
         f = shape_features(img)
         ax.imshow(overlay_mask(img, segment_cell(img), alpha=0.45))
         ax.set_title(f"{c}\nsolidity {f[8]:.2f}, parts {int(f[10])}", fontsize=8)
-    return _close(fig)
+    return finish_figure(fig)
 
 
 def curves_figure(trained: Mapping[str, Trained], title: str = ""):
@@ -840,19 +833,19 @@ def curves_figure(trained: Mapping[str, Trained], title: str = ""):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    return _close(fig)
+    return finish_figure(fig)
 
 
 def roc_figure(ev: Evaluation, title: str = "One-vs-rest ROC"):
     """ROC curve of every class (one-vs-rest) with its AUC."""
     curves = {c: (fpr, tpr, ev.report.roc_auc[c])
               for c, (fpr, tpr, _) in ev.report.roc_curves.items()}
-    return _close(plot_roc_curves(curves, title))
+    return finish_figure(plot_roc_curves(curves, title))
 
 
 def confusion_figure(ev: Evaluation, title: str = ""):
     """Confusion-matrix heatmap (counts)."""
-    return _close(plot_confusion_matrix(ev.report.confusion, ev.classes, title=title or None))
+    return finish_figure(plot_confusion_matrix(ev.report.confusion, ev.classes, title=title or None))
 
 
 def printout(model_label: str, ev: Evaluation, data: CellImages, idx: Sequence[int],
@@ -879,7 +872,7 @@ def prediction_figure(ev: Evaluation, data: CellImages, idx: Sequence[int]):
         ax.set_title(f"Identified = {ev.classes[ev.y_pred[i]].upper()}\n(true {data.labels[i]}, "
                      f"p={ev.probs[i].max():.2f})", fontsize=8, color="black" if ok else "red")
         ax.axis("off")
-    return _close(fig)
+    return finish_figure(fig)
 
 
 def gradcam_figure(models: Mapping[str, nn.Module], data: CellImages, idx: Sequence[int],
@@ -902,7 +895,7 @@ def gradcam_figure(models: Mapping[str, nn.Module], data: CellImages, idx: Seque
                                  fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
-    return _close(fig)
+    return finish_figure(fig)
 
 
 def misclassified_figure(ev: Evaluation, data: CellImages, n: int = 8, title: str = "",
@@ -924,7 +917,7 @@ def misclassified_figure(ev: Evaluation, data: CellImages, n: int = 8, title: st
         ax.set_title(f"true {data.labels[i]}\npred {ev.classes[ev.y_pred[i]]} "
                      f"({ev.probs[i].max():.2f})", fontsize=8, color="red")
     fig.suptitle(title)
-    return _close(fig)
+    return finish_figure(fig)
 
 
 def paper_comparison_figure(table: pd.DataFrame, metric: str = "accuracy"):
@@ -941,4 +934,4 @@ def paper_comparison_figure(table: pd.DataFrame, metric: str = "accuracy"):
     ax.set_xlabel(f"{metric} (%)")
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="y", labelsize=7)
-    return _close(fig)
+    return finish_figure(fig)
