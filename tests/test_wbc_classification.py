@@ -210,7 +210,7 @@ def test_progress_cosine_schedule(monkeypatch):
     assert sched(0) < sched(5) < sched(10) == pytest.approx(1.0)
     assert sched(55) == pytest.approx(0.5, abs=1e-6) and sched(100) == pytest.approx(0.0)
     clock = [1000.0]
-    monkeypatch.setattr(wc.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(wc.train.time, "monotonic", lambda: clock[0])
     timed = wc.ProgressCosine(1000, budget_s=10.0, warmup=0.0)
     clock[0] += 10.0  # the budget is spent although few steps were done
     assert timed(3) == pytest.approx(0.0, abs=1e-9)
@@ -241,10 +241,10 @@ def test_fit_uses_bf16_autocast_on_cpu_only_when_asked(amp, expected):
 
 
 def test_resolve_amp(monkeypatch):
-    monkeypatch.setattr(wc, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(wc.train, "cpu_has_bf16", lambda: True)
     assert wc.resolve_amp("bf16_cpu", torch.device("cpu")) == "bf16"
     assert wc.resolve_amp("bf16_cpu", torch.device("cuda")) == "auto"
-    monkeypatch.setattr(wc, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(wc.train, "cpu_has_bf16", lambda: False)
     assert wc.resolve_amp("bf16_cpu", torch.device("cpu")) == "auto"
     assert wc.resolve_amp(False, torch.device("cpu")) is False
 

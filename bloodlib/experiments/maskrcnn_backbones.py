@@ -29,8 +29,7 @@ Choices made here:
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
