@@ -9,6 +9,7 @@ trains with DistributedDataParallel and only rank 0 writes results and models.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -52,6 +53,11 @@ def train_experiment(experiment: str, *, model: Optional[str] = None, profile: s
     return metrics
 
 
+def variant_slug(variant: str) -> str:
+    """A variant label as a file-name part: ``"Lite0 ImageNet"`` -> ``"Lite0-ImageNet"``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", variant).strip("-") or "variant"
+
+
 def bench_experiment(experiment: str, *, model: Optional[str] = None, budget_s: Optional[float] = None,
                      overrides: Sequence[str] | Mapping[str, Any] = (), profile: str = "bench_cpu",
                      threads: Optional[int] = None, variant: str = "", out: Any = None,
@@ -86,6 +92,8 @@ def bench_experiment(experiment: str, *, model: Optional[str] = None, budget_s: 
         data.setdefault("extra", {}).update(
             {"torch_threads": torch.get_num_threads(), **({"variant": variant} if variant else {})})
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if variant:  # beside the main run, not over it
+            path.rename(path.with_name(f"{path.stem}__{variant_slug(variant)}.json"))
     if publish:
         reference = Path(reference_dir) if reference_dir else REFERENCE_DIR
         for path in publish_reference(out, reference, runner="bloodlib bench"):

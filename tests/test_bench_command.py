@@ -18,6 +18,7 @@ def test_bench_one_experiment_publishes_its_result_and_the_board(tmp_path, capsy
                    "max_val_images=4", "max_test_images=4", "synthetic_images=40"])
     assert status == 0
     [path] = ref.glob("*.json")
+    assert path.name.endswith("__test.json")  # a variant never overwrites the main run
     result = json.loads(path.read_text())
     assert result["run"]["runner"] == "bloodlib bench" and result["run"]["command"]
     assert result["extra"]["variant"] == "(test)" and result["extra"]["torch_threads"] == 1
