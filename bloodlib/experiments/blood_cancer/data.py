@@ -1,4 +1,5 @@
-"""Paper 3's data: SegPC-2021 (or synthetic cells), letterboxing, the torch datasets, evaluation sets."""
+"""Paper 3's data: SegPC-2021 (or synthetic cells), letterboxing, the torch datasets,
+evaluation sets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Paper 3's evaluation: IoU, pixel accuracy, RMSE, matched cells and COCO segm AP of a prediction."""
+"""Paper 3's evaluation: IoU, pixel accuracy, RMSE, matched cells and COCO segm AP of a
+prediction."""
 
 from __future__ import annotations
 

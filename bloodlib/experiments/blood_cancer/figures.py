@@ -1,4 +1,5 @@
-"""Paper 3's figures: the pipeline, attention, the GAN, training, outcomes, the ablation, Table I."""
+"""Paper 3's figures: the pipeline, attention, the GAN, training, outcomes, the ablation,
+Table I."""
 
 from __future__ import annotations
 

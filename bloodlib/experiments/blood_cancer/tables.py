@@ -1,4 +1,5 @@
-"""Paper 3's tables: Table I beside ours, instance and classification tables, attention gates, the ablation."""
+"""Paper 3's tables: Table I beside ours, instance and classification tables, attention
+gates, the ablation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Paper 3's training: Mask R-CNN / R-Mask R-CNN, the U-Net and FCM baselines, one model end to end, the ablations."""
+"""Paper 3's training: Mask R-CNN / R-Mask R-CNN, the U-Net and FCM baselines, one model end
+to end, the ablations."""
 
 from __future__ import annotations
 

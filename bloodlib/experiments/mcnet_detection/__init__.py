@@ -49,7 +49,8 @@ from .evaluate import (evaluate_model, evaluate_yolo_model, Evaluation,
 from .train import (build_model, Outcome, quick_model, store_outcome, train_and_evaluate,
                     train_model, train_yolo_model)
 from .tables import (ablation_table, benchmark_row, parameter_table, peak_memory_mb,
-                     reference_table, split_counts, table1, table2, table_metrics, wide)
+                     pretrained_table, reference_table, split_counts, table1, table2,
+                     table_metrics, wide)
 from .figures import (_gt_sample, ablation_figure, comparison_figure, confusion_figure,
                       dataset_figure, loss_figure, pr_comparison_figure, pr_figure,
                       preprocessing_figure, roc_figure, side_by_side_figure)
@@ -61,7 +62,7 @@ __all__ = ['subset_coco', 'detection_roc', 'DATASET_LABELS', 'EXPERIMENT', 'LIGH
            'evaluate_yolo_model', 'Evaluation', 'evaluation_from_predictions',
            'mask_iou_calibration', 'build_model', 'Outcome', 'quick_model', 'store_outcome',
            'train_and_evaluate', 'train_model', 'train_yolo_model', 'ablation_table',
-           'benchmark_row', 'parameter_table', 'peak_memory_mb', 'reference_table',
+           'benchmark_row', 'parameter_table', 'peak_memory_mb', 'pretrained_table', 'reference_table',
            'split_counts', 'table1', 'table2', 'table_metrics', 'wide', '_gt_sample',
            'ablation_figure', 'comparison_figure', 'confusion_figure', 'dataset_figure',
            'loss_figure', 'pr_comparison_figure', 'pr_figure', 'preprocessing_figure',

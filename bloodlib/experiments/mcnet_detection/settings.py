@@ -1,4 +1,5 @@
-"""Paper 1 (MCNet): names, labels and the three profiles (``quick``, ``bench_cpu``, ``full``)."""
+"""Paper 1 (MCNet): names, labels and the three profiles (``quick``, ``bench_cpu``,
+``full``)."""
 
 from __future__ import annotations
 

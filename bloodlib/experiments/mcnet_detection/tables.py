@@ -9,7 +9,8 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 import torch
 
-from ...results import compare_with_paper, paper_table, reference_table as table
+from ...results import compare_with_paper, paper_table, pretrained_vs_scratch
+from ...results import reference_table as table
 from ...models.segmentation_zoo import count_parameters
 from .settings import DATASET_LABELS, EXPERIMENT, MODEL_LABELS, PAPER, TABLE_METRICS
 from .evaluate import Evaluation
@@ -22,6 +23,15 @@ def reference_table(reference_dir: Any = None) -> pd.DataFrame:
     return table(EXPERIMENT, ("mAP50", "mAP50_95", "AP50/WBC", "AP50/RBC", "AP50/Platelets",
                               "segm_mAP50", "precision", "recall", "train_images_per_s",
                               "inference_images_per_s"), reference_dir)
+
+
+def pretrained_table(reference_dir: Any = None) -> pd.DataFrame:
+    """BCCD test: the committed pairs fine-tuned from ImageNet vs from scratch (same
+    detector, backbone and steps, side by side), box mAP50, beside paper 1's Faster R-CNN
+    (its Table 2, as a fraction)."""
+    ref = paper_table(PAPER, "table2").set_index("model")
+    return pretrained_vs_scratch(EXPERIMENT, "mAP50", reference_dir,
+                                 paper={"bccd": float(ref.loc["Faster R-CNN", "mAP50"]) / 100})
 
 
 def split_counts(splits: Mapping[str, dict]) -> pd.DataFrame:

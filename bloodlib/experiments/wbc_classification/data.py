@@ -1,4 +1,5 @@
-"""Cell images: PBC and the external sets, duplicate-aware splits per protocol, augmentation, loaders."""
+"""Cell images: PBC and the external sets, duplicate-aware splits per protocol,
+augmentation, loaders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Classification figures: samples, augmentation, shapes, curves, ROC, confusion, Grad-CAM, errors."""
+"""Classification figures: samples, augmentation, shapes, curves, ROC, confusion, Grad-CAM,
+errors."""
 
 from __future__ import annotations
 

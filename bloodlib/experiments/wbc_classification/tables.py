@@ -1,4 +1,5 @@
-"""Classification tables: paper 4's and papers 1-2's PBC tables beside ours, pretrained vs scratch, the benchmarks."""
+"""Classification tables: paper 4's and papers 1-2's PBC tables beside ours, pretrained vs
+scratch, the benchmarks."""
 
 from __future__ import annotations
 

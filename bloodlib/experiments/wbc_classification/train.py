@@ -1,4 +1,5 @@
-"""Classifier training: models (ImageNet or scratch), optimiser, schedule, AMP, the store, the demo model."""
+"""Classifier training: models (ImageNet or scratch), optimiser, schedule, AMP, the store,
+the demo model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Paper 5's figures: samples, augmentation, convergence, qualitative results, errors, the cross-dataset check."""
+"""Paper 5's figures: samples, augmentation, convergence, qualitative results, errors, the
+cross-dataset check."""
 
 from __future__ import annotations
 
