@@ -56,3 +56,24 @@ def test_a_profile_that_does_not_fit_its_schema_is_refused_at_registration():
     with pytest.raises(SettingError, match="must be int"):
         config.register("tiny_test", {p: {"epochs": "3"} for p in config.PROFILE_NAMES}, schema=Tiny)
     assert "tiny_test" not in config.experiments()
+
+
+def test_every_documented_benchmark_command_passes_the_settings_check():
+    """The commands in benchmarks/README.md name real settings with values of their type."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+    commands = [line.strip() for line in text.replace("\\\n", " ").splitlines()
+                if line.strip().startswith(("bloodlib bench ", "bloodlib train "))]
+    checked = 0
+    for command in commands:
+        parts = shlex.split(command.split("#")[0])
+        if parts[2] not in config.experiments():
+            continue
+        profile = parts[parts.index("--profile") + 1] if "--profile" in parts else \
+            ("bench_cpu" if parts[1] == "bench" else "full")
+        overrides = [p for p in parts[3:] if "=" in p and not p.startswith("-")]
+        config.get_config(parts[2], profile, **config.parse_overrides(overrides))
+        checked += 1
+    assert checked >= 10

@@ -26,7 +26,7 @@ class McnetYolo:
     imgsz: int
     model: str
     overrides: dict
-    pretrained: str
+    pretrained: Union[bool, str]
     time_budget_s: Optional[float]
 
 
@@ -145,7 +145,7 @@ class BloodCancerFcm:
 class BloodCancerConfig:
     """Every setting of the ``blood_cancer`` experiment; a profile is one instance."""
 
-    architecture: Optional[str]
+    architecture: Optional[dict]  # R-Mask R-CNN keyword arguments (None: the defaults)
     attention_logit_bound: Optional[float]
     backbone: str
     batch_size: int
@@ -165,7 +165,7 @@ class BloodCancerConfig:
     momentum: float
     num_workers: int
     optimizer: str
-    pretrained_backbone: bool
+    pretrained_backbone: Union[bool, str]
     qualitative_n: int
     residual_attention: bool
     score_threshold: float
@@ -206,7 +206,7 @@ class MaskrcnnBackbonesConfig:
     momentum: float
     num_workers: int
     per_class: dict
-    pretrained: str
+    pretrained: Union[bool, str]
     score_threshold: float
     stages: Optional[str]
     threshold: float
@@ -326,6 +326,7 @@ class WcsegnetConfig:
     num_classes: int
     num_workers: int
     optimizer: str
+    pretrained: bool
     qualitative_n: int
     samples_per_grid: int
     shear: float

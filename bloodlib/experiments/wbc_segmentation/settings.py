@@ -25,7 +25,9 @@ _COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
            "channels_last": True, "tta": None,
            # bloodlib train/bench only: train on train + validation (the best epoch is then
            # picked on images the model saw), and a split seed apart from the training seed
-           "train_on_val": False, "split_seed": None}
+           "train_on_val": False, "split_seed": None,
+           # lite_unet: start its encoder from the packaged ImageNet weights (others ignore it)
+           "pretrained": True}
 register(EXPERIMENT, schema=WcsegnetConfig, profiles={
     # the whole notebook in ~1-2 min on 2 cores: Jiangxi only, a subset, a few epochs
     "quick": {**_COMMON, "datasets": ["jiangxi"], "image_size": 96, "width": 0.25,
