@@ -112,7 +112,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .inference.folder import set_threads
     from .inference.smear_report import write_smear_report
-    from .predict_cli import _load_models
+    from .inference.batch import _load_models
 
     set_threads(args.threads)
     detector, classifier, name = _load_models("detect", args.detector, None, "cpu", args.runtime)

@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bloodlib.inference.folder import collect_inputs  # noqa: E402
-from bloodlib.predict_cli import predict_files  # noqa: E402
+from bloodlib.inference.batch import predict_files  # noqa: E402
 from stub_predictors import StubDetector  # noqa: E402
 
 

@@ -84,6 +84,11 @@ def test_the_floors_import_nothing_above_them():
     assert graph["bloodlib.registry"] <= {"bloodlib.errors"}
     assert not any(t.startswith("bloodlib.experiments") or t == "bloodlib.notebooks"
                    for m in ("bloodlib.results", "bloodlib.board") for t in graph[m])
+    above_inference = ("bloodlib.experiments", "bloodlib.notebooks", "bloodlib.session",
+                       "bloodlib.cli", "bloodlib.predict_cli", "bloodlib.training_cli",
+                       "bloodlib.widgets", "bloodlib.gpu_check")
+    for m in (m for m in graph if m.startswith("bloodlib.inference")):  # experiments plug in
+        assert not any(t.startswith(above_inference) for t in graph[m]), (m, graph[m])
     engine = {m for m in graph if m.startswith("bloodlib.engine")}
     for m in engine:  # the training engine knows no experiment, notebook or CLI
         assert not any(t.startswith(("bloodlib.experiments", "bloodlib.notebooks",

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from bloodlib.cli import main
-from bloodlib.predict_cli import collect_inputs, predict_files
+from bloodlib.inference.batch import predict_files
+from bloodlib.inference.folder import collect_inputs
 from stub_predictors import StubClassifier, StubDetector, png_bytes, smear
 
 

@@ -20,7 +20,7 @@ from bloodlib.errors import BloodlibError
 from bloodlib.inference import folder as folder_mod
 from bloodlib.inference.folder import collect_inputs, parse_shard, shard_files
 from bloodlib.inference.store import load_predictor
-from bloodlib.predict_cli import predict_files
+from bloodlib.inference.batch import predict_files
 from stub_predictors import (StubClassifier, StubDetector, png_bytes, smear,
                              store_tiny_classifier, store_tiny_detector)
 

@@ -31,7 +31,7 @@ import torch
 from ..config import get_profile, register
 from ..data import synthetic
 from ..io import read_image
-from ..predict_cli import predict_files
+from .batch import predict_files
 from .pipeline import classify_cells, predict_image, predict_images, render_overlay
 from ..errors import BloodlibError
 from .store import default_model, load_predictor

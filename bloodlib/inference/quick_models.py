@@ -13,9 +13,10 @@ longer but trains the same model.
 
 Adding a task is one function: decorate ``f(work_dir, seed, steps) -> (model, meta)``
 with ``@quick_trainer("task", seconds_per_step)``; ``meta`` follows the model-store
-contract. The classification and detection experiments plug in by exposing
-``quick_model(work_dir, seed, steps) -> (model, meta)`` in
-``bloodlib.experiments.wbc_classification`` and ``bloodlib.experiments.mcnet_detection``.
+contract. The experiments plug in by exposing ``quick_model(work_dir, seed, steps) ->
+(model, meta)`` (``wbc_segmentation``, ``wbc_classification``, ``mcnet_detection``); they
+are looked up by name when a quick model is asked for, so this module imports nothing
+above the inference layer.
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ import torch
 
 from ..errors import BloodlibError
 from .store import PathLike, save_model
-from ..config import get_profile
-from ..experiments import wbc_segmentation as wcs
-from .segmentation import segmentation_meta
 
 QuickTrainer = Callable[[Path, int, int], tuple[torch.nn.Module, dict[str, Any]]]
 QUICK_TRAINERS: dict[str, QuickTrainer] = {}
@@ -83,26 +81,9 @@ def train_quick_model(task: str, folder: Optional[PathLike] = None, *, name: Opt
 # ----------------------------------------------------------------------------- segment
 @quick_trainer("segment", seconds_per_step=1.8)
 def _quick_segmenter(work_dir: Path, seed: int, steps: int):
-    """WCSegNet (width 0.25, 64 px, no augmentation, Adam 3e-3) on 64 Jiangxi images
-    (synthetic crops when absent) for ``steps`` epochs."""
-
-    knobs = dict(get_profile("wcsegnet", "quick"))
-    knobs.update(epochs=int(steps), time_budget_s=None, image_size=64,
-                 lr=3e-3, augment=False, max_train_batches=None, early_stopping_patience=None)
-    included, _, source = wcs.load_or_synthesize("jiangxi", knobs, work_dir, seed)
-    split = wcs.split_records(included, seed, 0.2, knobs["min_count"])
-    train = wcs.take_subset(split.train, knobs["max_train_images"], seed)
-    val = wcs.take_subset(split.test, knobs["max_val_images"], seed)
-    model, _, metrics = wcs.train_model("wcsegnet", train, val, knobs, "cpu", seed,
-                                        checkpoint_dir=work_dir / "ckpt")
-    keep = {k: metrics[k] for k in ("accuracy", "dice", "mIoU", "nucleus_dice") if k in metrics}
-    meta = segmentation_meta(
-        "wcsegnet", wcs.CLASS_NAMES, int(knobs["image_size"]),
-        architecture_kwargs={"width": float(knobs["width"])}, metrics=wcs.finite(keep),
-        training_data={"dataset": "wbc_seg_zheng/jiangxi" if source == "zheng" else "synthetic",
-                       "split": f"train subset ({len(train)} images), metrics on {len(val)} "
-                                f"held-out images", "source": source})
-    return model, meta
+    """The WBC segmentation experiment's quick model (WCSegNet, ``steps`` epochs)."""
+    return _from_experiment("bloodlib.experiments.wbc_segmentation", "segment",
+                            work_dir, seed, steps)
 
 
 # ----------------------------------------------------------------------------- classify, detect

@@ -34,7 +34,7 @@ import torch
 from ..config import get_profile, register
 from ..errors import BloodlibError
 from ..data.catalogue import dataset_path, is_available
-from ..predict_cli import predict_files
+from .batch import predict_files
 from ..io import read_image
 from .pipeline import predict_images
 from .folder import default_threads, usable_cpus
@@ -157,7 +157,7 @@ def latency_part(det: Any, clf: Any, onnx_det: Any, onnx_clf: Any, knobs: dict, 
 _MEMORY_CHILD = """
 import resource, sys
 from pathlib import Path
-from bloodlib.predict_cli import run_predict
+from bloodlib.inference.batch import run_predict
 files = [l for l in Path(sys.argv[1]).read_text().splitlines() if l]
 run_predict(files, "classify", sys.argv[2], Path(sys.argv[3]), progress=False, workers=1,
             overlays=0, tta="none", batch_size=64, log=lambda s: None)

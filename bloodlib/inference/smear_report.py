@@ -26,7 +26,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from ..predict_cli import check_out_dir, collect_inputs, predict_files
+from .batch import check_out_dir, predict_files
+from .folder import collect_inputs
 from ..viz import class_color
 import cv2
 

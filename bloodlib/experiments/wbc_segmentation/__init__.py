@@ -44,12 +44,13 @@ from .train import (build_model, build_scheduler, build_training_loss, checkpoin
                     per_dataset, train_model)
 from .errors import boundary_error_table, nucleus_masks
 from .cross import bccd_wbc_records, cross_dataset_check, wbc_crop
+from .quick import quick_model
 from .tables import parameter_table, pretrained_table, reference_table, table1
 from .figures import (augmentation_figure, color_mask, convergence_figure,
                       cross_dataset_figure, qualitative_figure, samples_figure,
                       worst_images_figure)
 
-__all__ = ['CLASS_NAMES', 'DATASET_LABELS', 'EXCLUDED_TYPES', 'EXPERIMENT', 'MODEL_LABELS',
+__all__ = ['quick_model', 'CLASS_NAMES', 'DATASET_LABELS', 'EXCLUDED_TYPES', 'EXPERIMENT', 'MODEL_LABELS',
            'MODELS', 'PAPER', 'PAPER5_COLORS', 'PAPER5_TYPES', 'TABLE1_METRICS',
            'class_counts', 'filter_paper5', 'load_or_synthesize', 'make_dataset',
            'paper5_mask', 'paper5_records', 'RecordSplit', 'split_records', 'take_subset',
