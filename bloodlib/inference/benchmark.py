@@ -41,7 +41,19 @@ import cv2
 
 EXPERIMENT = "latency"
 SMEAR_HW = (480, 640)
-register(EXPERIMENT, {
+@dataclass(frozen=True)
+class LatencySettings:
+    """The latency benchmark's settings (a profile is one instance)."""
+
+    latency_images: int
+    throughput_images: int
+    warmup: int
+    score_threshold: float
+    nms_threshold: float
+    quick_train_budget_s: float
+
+
+register(EXPERIMENT, schema=LatencySettings, profiles={
     "quick": {"latency_images": 5, "throughput_images": 10, "warmup": 1,
               "score_threshold": 0.5, "nms_threshold": 0.5, "quick_train_budget_s": 40},
     "bench_cpu": {"latency_images": 30, "throughput_images": 100, "warmup": 2,

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -42,7 +43,20 @@ from ..results import make_result, publish_result, write_result
 from .store import default_model, load_predictor, read_meta, resolve_model
 
 EXPERIMENT = "predict_scale"
-register(EXPERIMENT, {
+@dataclass(frozen=True)
+class ScaleSettings:
+    """``bloodlib bench predict``'s settings: how many images each part measures."""
+
+    classify_images: int
+    old_images: int
+    detect_images: int
+    old_detect_images: int
+    latency_images: int
+    memory_images: int
+    contention_images: int
+
+
+register(EXPERIMENT, schema=ScaleSettings, profiles={
     "quick": {"classify_images": 200, "old_images": 40, "detect_images": 8, "old_detect_images": 4,
               "latency_images": 4, "memory_images": 50, "contention_images": 100},
     "bench_cpu": {"classify_images": 4000, "old_images": 200, "detect_images": 60,
