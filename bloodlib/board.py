@@ -28,6 +28,7 @@ import json
 import re
 import warnings
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -42,7 +43,17 @@ from .results import (METRIC_ALIASES, ResultsError, _reference, compare_with_pap
                       summary_html, summary_markdown)
 
 PathLike = Union[str, Path]
-register("results_board", {p: {"include_reference": True} for p in ("quick", "bench_cpu", "full")})
+
+
+@dataclass(frozen=True)
+class BoardSettings:
+    """Notebook 07's settings."""
+
+    include_reference: bool
+
+
+register("results_board", {p: {"include_reference": True} for p in ("quick", "bench_cpu", "full")},
+         schema=BoardSettings)
 PROFILE_NOTES = {
     "quick": "smoke test: minutes on a CPU, small subsets; numbers are NOT comparable with the papers",
     "bench_cpu": "CPU benchmark: tens of minutes on 2 cores; reduced models/epochs, see each notebook",

@@ -24,6 +24,7 @@ import io
 import json
 import re
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -41,7 +42,18 @@ from .inference.pipeline import predict_image, render_overlay
 import cv2
 from PIL import Image, UnidentifiedImageError
 
-register("demo", {
+@dataclass(frozen=True)
+class DemoSettings:
+    """Notebook 06's settings (a profile is one instance)."""
+
+    quick_train_budget_s: float
+    latency_images: int
+    throughput_images: int
+    score_threshold: float
+    nms_threshold: float
+
+
+register("demo", schema=DemoSettings, profiles={
     # notebook 06: quick models trained in ~20 s each (only where the store has none)
     "quick": {"quick_train_budget_s": 20, "latency_images": 5, "throughput_images": 10,
               "score_threshold": 0.5, "nms_threshold": 0.5},

@@ -15,6 +15,8 @@ from bloodlib.registry import TRAINERS
 
 import bloodlib.inference.benchmark  # noqa: E402,F401  (registers "latency")
 import bloodlib.inference.scale_benchmark  # noqa: E402,F401  (registers "predict_scale")
+import bloodlib.widgets  # noqa: E402,F401  (registers "demo")
+import bloodlib.board  # noqa: E402,F401  (registers "results_board")
 
 
 @pytest.mark.parametrize("experiment", config.experiments())
