@@ -11,6 +11,8 @@ with a model that scores zero.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import math
 
@@ -50,6 +52,48 @@ def test_one_parameters_cell(path):
         assert f"{name} =" in tagged[0].source, f"{path.name}: parameters cell lacks {name}"
     meta = nb.metadata.get("bloodlib", {})
     assert meta.get("experiment") and isinstance(meta.get("expected_figures"), list)
+
+
+def _code(cell) -> str:
+    """A code cell's Python, without IPython magics and shell lines."""
+    return "\n".join(line for line in cell.source.splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+
+
+def _missing_names(tree: ast.AST) -> list[str]:
+    """Names a cell takes from bloodlib (imports and ``module.attr``) that do not exist."""
+    missing, aliases = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bloodlib"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                target = getattr(module, alias.name, None)
+                if target is None:
+                    try:
+                        target = importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        missing.append(f"{node.module}.{alias.name}")
+                        continue
+                if hasattr(target, "__path__") or type(target).__name__ == "module":
+                    aliases[alias.asname or alias.name] = target
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("bloodlib") and alias.asname:
+                    aliases[alias.asname] = importlib.import_module(alias.name)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and not hasattr(aliases[node.value.id], node.attr)):
+            missing.append(f"{aliases[node.value.id].__name__}.{node.attr}")
+    return missing
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_bloodlib_name_a_notebook_uses_exists(path):
+    """A moved or renamed function breaks a notebook here in a second, not after its run."""
+    cells = [c for c in _read(path).cells if c.cell_type == "code"]
+    tree = ast.parse("\n".join(_code(c) for c in cells))
+    missing = _missing_names(tree)
+    assert not missing, f"{path.name} uses names bloodlib no longer has: {missing}"
 
 
 @pytest.mark.notebook
