@@ -27,7 +27,7 @@ from bloodlib.experiments import blood_cancer as bc  # noqa: E402
 from bloodlib.experiments import mcnet_detection as mc  # noqa: E402
 from bloodlib.experiments import unet_family as uf  # noqa: E402
 from bloodlib.experiments import wbc_segmentation as wcs  # noqa: E402
-from bloodlib.models.rens_gan import train_gan  # noqa: E402
+from bloodlib.engine.gan import train_gan  # noqa: E402
 
 
 def show(track: str, t0: float, **values) -> None:

@@ -78,7 +78,7 @@ def main() -> None:
     else:  # the GAN: each rank its own crops, gradients averaged
         import numpy as np
 
-        from bloodlib.models import rens_gan
+        from bloodlib.engine import gan as rens_gan
         images = [(np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)
                   for i in range(4)]
         model, _ = rens_gan.train_gan(images, steps=4, crop=16, batch_size=2, channels=4,

@@ -66,7 +66,7 @@ def main() -> None:
     elif kind == "gan":  # notebook 03's RENS-GAN
         import numpy as np
 
-        from bloodlib.models import rens_gan
+        from bloodlib.engine import gan as rens_gan
         crops = rens_gan.random_crops
         rens_gan.random_crops = lambda *a: (time.sleep(sleep_s * 20), crops(*a))[1]
         images = [(np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)

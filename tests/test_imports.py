@@ -95,6 +95,35 @@ def test_the_floors_import_nothing_above_them():
                                      "bloodlib.cli", "bloodlib.session")) for t in graph[m]), m
 
 
+#: bloodlib's layers, lowest first: a module may import its own layer and those below it,
+#: never one above (high layers fill the low layers' registries instead)
+LAYERS = (
+    ("paths", "errors", "registry", "runtime"),
+    ("config", "io", "transforms", "classical", "viz"),
+    ("data", "metrics", "results", "losses"),
+    ("models", "autolabel", "explain"),
+    ("engine", "yolo"),
+    ("session", "inference"),
+    ("experiments",),
+    ("notebooks", "board", "widgets", "gpu_check", "predict_cli", "training_cli", "cli",
+     "__main__", "bloodlib"),
+)
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else module
+    for level, names in enumerate(LAYERS):
+        if part in names:
+            return level
+    raise AssertionError(f"{module} is in no layer; add {part!r} to LAYERS")
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = [f"{m} -> {t}" for m, targets in import_graph().items() for t in targets
+              if _layer(t) > _layer(m)]
+    assert upward == []
+
+
 def test_a_circle_is_found():
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from bloodlib.engine.gan import train_gan
 from bloodlib.models.rens_gan import (Discriminator, FeatureExtractor, RensGAN, augment_with_gan,
-                                      degrade, random_crops, train_gan)
+                                      degrade, random_crops)
 
 
 def _images(n: int = 3, size: int = 40) -> list[np.ndarray]:

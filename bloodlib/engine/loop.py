@@ -4,7 +4,7 @@ The shape is detectron2's ``engine/train_loop.py``: a :class:`TrainLoop` draws b
 and calls a :class:`TrainStep`, the only part that differs between tracks
 (:class:`SupervisedStep` for classification and segmentation, :class:`LossDictStep` for
 torchvision detectors and other models that return named losses, the RENS-GAN's
-two-optimiser step in :mod:`bloodlib.models.rens_gan`). :class:`Hook` objects do the rest
+two-optimiser step in :mod:`bloodlib.engine.gan`). :class:`Hook` objects do the rest
 at fixed points: evaluation with keep-best (:class:`PeriodicEval`, ``fit``'s per-epoch
 validation), learning-rate schedules (:class:`SchedulerHook`, torch's own schedulers) and
 checkpoints (:class:`CheckpointHook`: first write after the first step or epoch, then by

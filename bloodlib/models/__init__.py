@@ -9,7 +9,7 @@ from .classifiers import CLASSIFIERS, HybridClassifier, PaperCNN, build_classifi
 from .detection import (BACKBONES as DETECTION_BACKBONES, DETECTORS, build_backbone,
                         build_detector, set_trainable_stage)
 from .mcnet import MCNet, MaskIoUHead
-from .rens_gan import RensGAN, augment_with_gan, train_gan
+from .rens_gan import RensGAN, augment_with_gan
 from .rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn
 from .segmentation_zoo import (SEGMENTATION_MODELS, PadToMultiple, ResUNet,
                                build_segmentation_model, count_parameters, model_summary)
@@ -22,4 +22,4 @@ __all__ = ["UNet", "DoubleConv", "CBAM", "DilatedBottleneck", "WCSegNet", "ConvB
            "build_classifier", "DETECTION_BACKBONES", "DETECTORS", "build_backbone",
            "build_detector", "set_trainable_stage", "MCNet", "MaskIoUHead",
            "ATTENTION_KINDS", "build_attention", "build_rmaskrcnn", "build_plain_maskrcnn",
-           "RensGAN", "train_gan", "augment_with_gan"]
+           "RensGAN", "augment_with_gan"]

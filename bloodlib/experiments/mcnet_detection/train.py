@@ -67,12 +67,12 @@ def train_model(kind: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
     loader = make_loader(train, knobs, True, with_masks, seed)
     iters = int(iterations or knobs["iterations"])
     val = splits.get("val")
-    evaluate, every = None, None
+    val_ap50, every = None, None
     if knobs.get("eval_every_epochs") and val and val["images"]:
         val_loader = make_loader(val, knobs, False, False, seed)
         every = max(1, int(knobs["eval_every_epochs"]) * ddp.batches_per_rank(loader))
 
-        def evaluate(m):
+        def val_ap50(m):
             return {"AP50": evaluate_detector(m, val_loader, val, "bbox", device=device).AP50}
     budget = time_budget_s if time_budget_s is not None else knobs.get("time_budget_s")
     resume = None
@@ -88,7 +88,7 @@ def train_model(kind: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
         lr_steps=[int(f * iters) for f in knobs.get("lr_steps") or []],
         grad_clip=knobs.get("grad_clip"), device=device, checkpoint_path=checkpoint_path,
         checkpoint_meta=_meta(model, train, knobs) if checkpoint_path else None,
-        time_budget_s=budget, evaluate=evaluate, eval_every=every, progress=progress,
+        time_budget_s=budget, evaluate=val_ap50, eval_every=every, progress=progress,
         resume_from=resume)
     return model, result
 
