@@ -87,7 +87,8 @@ def setting_types(experiment: str) -> dict[str, Any]:
 
 def _schema(experiment: str) -> type:
     if experiment not in _SCHEMAS:
-        raise SettingError(f"Unknown experiment {experiment!r}; known: {experiments()}.")
+        raise SettingError(f"Unknown experiment {experiment!r}; known: {experiments()} "
+                           "(import bloodlib.experiments to register every experiment's).")
     return _SCHEMAS[experiment]
 
 
@@ -186,7 +187,8 @@ def get_profile(experiment: str, profile: str = "quick", **overrides: Any) -> Ma
     if profile not in PROFILE_NAMES:
         raise SettingError(f"Unknown profile {profile!r}; choose one of {PROFILE_NAMES}.")
     if experiment not in _PROFILES:
-        raise SettingError(f"Unknown experiment {experiment!r}; known: {experiments()}.")
+        raise SettingError(f"Unknown experiment {experiment!r}; known: {experiments()} "
+                           "(import bloodlib.experiments to register every experiment's).")
     knobs = dict(_PROFILES[experiment][profile])
     schema = _SCHEMAS.get(experiment)
     fields = _sections(schema) if schema else {}

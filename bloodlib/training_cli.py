@@ -18,7 +18,7 @@ from . import session
 from .config import parse_overrides
 from .engine import distributed as ddp
 from .errors import SettingError
-from .experiments import mains as _mains  # noqa: F401  (fills TRAINERS)
+from . import experiments as _experiments  # noqa: F401  (fills TRAINERS and the profiles)
 from .registry import TRAINERS
 
 __all__ = ["train_experiment", "bench_experiment"]

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-import bloodlib.experiments.mains  # noqa: F401  (registers every experiment's profiles)
+import bloodlib.experiments  # noqa: F401  (registers every experiment's profiles)
 from bloodlib import config
 from bloodlib.errors import SettingError
 from bloodlib.experiments.configs import McnetConfig, McnetYolo
@@ -84,3 +84,17 @@ def test_every_documented_benchmark_command_passes_the_settings_check():
         config.get_config(parts[2], profile, **config.parse_overrides(overrides))
         checked += 1
     assert checked >= 10
+
+
+def test_importing_any_experiment_registers_every_experiment():
+    """No notebook depends on which experiment it imports first (a fresh interpreter)."""
+    import subprocess
+    import sys
+    code = ("import bloodlib.experiments.unet_family\n"
+            "from bloodlib import config\nfrom bloodlib.registry import TRAINERS\n"
+            "print(sorted(config.experiments()), sorted(TRAINERS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    for name in ("mcnet", "maskrcnn_backbones", "blood_cancer", "wbc_classification",
+                 "unet_family", "wcsegnet"):
+        assert out.count(f"'{name}'") == 2, out
