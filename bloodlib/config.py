@@ -173,6 +173,14 @@ def get_config(experiment: str, profile: str = "quick", **overrides: Any) -> Any
                      where=f"{experiment}'s {profile!r} profile")
 
 
+def typed(experiment: str, knobs: Mapping[str, Any]) -> Any:
+    """A run's flat ``knobs`` (a profile with overrides, plus the session's own entries such
+    as ``checkpoint_dir``) as an instance of ``experiment``'s schema."""
+    fields = _sections(_schema(experiment))
+    return from_flat(_schema(experiment), {k: v for k, v in knobs.items() if k in fields},
+                     where=f"{experiment}'s settings")
+
+
 def experiments() -> list[str]:
     """Names of the experiments that have profiles."""
     return sorted(_PROFILES)

@@ -40,6 +40,11 @@ class NotebookRun:
     results: list[Path] = field(default_factory=list)
 
     @property
+    def settings(self) -> Any:
+        """The knobs as the experiment's typed settings (``run.settings.yolo.epochs``)."""
+        return config.typed(self.experiment, self.knobs)
+
+    @property
     def figure_dir(self) -> Path:
         return self.output_dir / "figures" / self.experiment
 

@@ -98,3 +98,10 @@ def test_importing_any_experiment_registers_every_experiment():
     for name in ("mcnet", "maskrcnn_backbones", "blood_cancer", "wbc_classification",
                  "unet_family", "wcsegnet"):
         assert out.count(f"'{name}'") == 2, out
+
+
+def test_a_run_reads_its_settings_typed(tmp_path):
+    from bloodlib.session import start
+    run = start("mcnet", "quick", output_dir=tmp_path, verbose=False, **{"yolo.epochs": 5})
+    assert isinstance(run.settings, McnetConfig)
+    assert run.settings.yolo.epochs == run.knobs["yolo_epochs"] == 5
