@@ -46,13 +46,13 @@ from .train import (_lr_factor, ablation_name, build_model, predict_detector, pr
 from .augment import coco_images, gan_augmented_coco
 from .classifier import build_dcnn, cell_crops, predict_dcnn, train_dcnn
 from .tables import (ablation_table, attention_gate_table, classification_tables,
-                     instance_table, reference_table, table1)
+                     instance_table, pretrained_table, reference_table, table1)
 from .figures import (ablation_figure, attention_figure, gan_figure, outcomes_figure,
                       pipeline_figure, table1_figure, training_figure)
 from .store import load_model, save_model
 
 __all__ = ['subset_coco', 'CELL', 'CLS_CLASSES', 'EXPERIMENT', 'MAIN_VARIANT',
-           'MODEL_LABELS', 'PAPER', 'TABLE1_LABELS', 'CellDataset', 'collate', 'EvalSet',
+           'MODEL_LABELS', 'PAPER', 'TABLE1_LABELS', 'pretrained_table', 'CellDataset', 'collate', 'EvalSet',
            'letterbox_valid', 'load_data', 'make_eval_set', 'synthetic_cells', 'to_uint8',
            'evaluate_predictions', 'finite', 'Prediction', '_lr_factor', 'ablation_name',
            'build_model', 'predict_detector', 'predict_fcm', 'predict_unet', 'run_ablation',

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ...results import compare_with_paper, paper_table, reference_table as table
+from ...results import compare_with_paper, paper_table, pretrained_vs_scratch, reference_table as table
 from ...models.rmaskrcnn import attention_maps
 from ...models.attention import attention_modules, ChannelAttention, gate
 from .settings import EXPERIMENT, MODEL_LABELS, PAPER, TABLE1_LABELS
@@ -23,6 +23,12 @@ def reference_table(reference_dir: Any = None) -> pd.DataFrame:
     peak memory."""
     return table(EXPERIMENT, ("IoU", "pixel_accuracy", "rmse", "cell_iou", "cell_recall",
                               "segm_AP", "segm_AP50", "train_steps"), reference_dir)
+
+
+def pretrained_table(reference_dir: Any = None, metric: str = "cell_iou") -> pd.DataFrame:
+    """SegPC-2021 validation: the committed pairs with an ImageNet backbone vs from scratch
+    (same model, backbone, size and time budget, side by side), matched-cell IoU."""
+    return pretrained_vs_scratch(EXPERIMENT, metric, reference_dir)
 
 
 def table1(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
