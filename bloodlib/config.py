@@ -205,8 +205,6 @@ def get_profile(experiment: str, profile: str = "quick", **overrides: Any) -> Ma
         if flat not in knobs:
             raise SettingError(f"Unknown setting(s) {[key]} for {experiment!r}; "
                                f"valid: {sorted(knobs)}.")
-        if value is None:  # None leaves the profile's value
-            continue
         if schema:
             _check(experiment, flat, fields[flat][1], value)
         knobs[flat] = value

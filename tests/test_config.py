@@ -105,3 +105,10 @@ def test_a_run_reads_its_settings_typed(tmp_path):
     run = start("mcnet", "quick", output_dir=tmp_path, verbose=False, **{"yolo.epochs": 5})
     assert isinstance(run.settings, McnetConfig)
     assert run.settings.yolo.epochs == run.knobs["yolo_epochs"] == 5
+
+
+def test_none_is_a_value_where_the_schema_allows_it():
+    """``time_budget_s=None`` (no budget) takes effect; it is not silently dropped."""
+    assert config.get_profile("mcnet", "bench_cpu", time_budget_s=None)["time_budget_s"] is None
+    with pytest.raises(SettingError, match="iterations"):
+        config.get_profile("mcnet", "quick", iterations=None)
