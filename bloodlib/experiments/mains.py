@@ -171,7 +171,9 @@ def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
     metrics = wcs.finite(wcs.evaluate(trained, parts["test"], knobs, run.device))
     _finish(run, "paper5", dataset, "test", model, metrics, source,
             {"epochs_run": history.last_epoch, "best_epoch": history.best_epoch,
-             "n_train": len(train), "split_seed": split_seed})
+             "n_train": len(train), "split_seed": split_seed,
+             "train_seconds": sum(float(r.get("seconds", 0)) for r in history.rows),
+             **({"pretrained": bool(knobs["pretrained"])} if model == "lite_unet" else {})})
     if store_as:
         from ..inference import save_model
         meta = wcs.checkpoint_meta(model, knobs, dataset=f"wbc_seg_zheng/{dataset}")
