@@ -332,7 +332,7 @@ def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def pretrained_vs_scratch(experiment: str, metric: str, reference_dir: Any = None,
                           paper: Optional[Mapping[str, float]] = None) -> pd.DataFrame:
     """The committed side-by-side runs of ``experiment`` (benchmark profiles): one row per
-    dataset, model, backbone, input size and step count that has runs with ImageNet weights and from scratch
+    dataset, model, backbone, input size, step count and loss that has runs with ImageNet weights and from scratch
     (``extra["pretrained_loaded"]`` or ``extra["pretrained"]``), with ``metric`` of each
     (the mean where there are repeats, and their count), the gain, and ``paper[dataset]``
     (the paper's figure, in the same unit) where given."""
@@ -346,14 +346,16 @@ def pretrained_vs_scratch(experiment: str, metric: str, reference_dir: Any = Non
             continue
         config = r.get("config") or {}
         key = (r["dataset"], r.get("model") or "-", config.get("backbone"),
-               config.get("image_size"), config.get("iterations"))
+               config.get("image_size"), config.get("iterations"), config.get("loss"))
         buckets.setdefault(key, {True: [], False: []})[bool(pre)].append(r["metrics"][metric])
     rows = []
-    for (dataset, model, backbone, size, steps), runs in sorted(
-            buckets.items(), key=lambda kv: (str(kv[0][:3]), kv[0][3] or 0, kv[0][4] or 0)):
+    for (dataset, model, backbone, size, steps, loss), runs in sorted(
+            buckets.items(), key=lambda kv: (str(kv[0][:3]), kv[0][3] or 0, kv[0][4] or 0,
+                                             str(kv[0][5]))):
         if runs[True] and runs[False]:
             ours_in, ours_sc = float(np.mean(runs[True])), float(np.mean(runs[False]))
-            label = model + (f" ({backbone})" if backbone else "") + (f", {steps} steps" if steps else "")
+            label = model + (f" ({backbone})" if backbone else "") + (f", {steps} steps" if steps else "") \
+                + (f", {loss}" if loss else "")
             rows.append({"dataset": dataset, "model": label, "input px": size,
                          f"{metric}, ImageNet": ours_in, f"{metric}, scratch": ours_sc,
                          "gain": ours_in - ours_sc, "runs": f"{len(runs[True])} + {len(runs[False])}",
