@@ -60,7 +60,7 @@ def test_full_profile_instant_run(experiment, hub, tmp_path, monkeypatch):
     for key in ("image_size", "min_size", "backbone", "width"):  # the paper's sizes, kept
         if key in full:
             assert result["config"][key] == full[key], key
-    if experiment == "mcnet":  # ResNet-50 from the (fake) ImageNet file
+    if experiment in ("mcnet", "blood_cancer"):  # ResNet-50 from the (fake) ImageNet file
         assert result["extra"]["pretrained"] is True
     if experiment == "wbc_classification":
         assert result["extra"]["pretrained_loaded"] is True

@@ -4,6 +4,7 @@ head, anchors, and tiny train/eval forward passes."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,6 +59,31 @@ def test_pretrained_backbone_needs_cached_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="never"):
         backbone_body("resnet18", pretrained=True)
+
+
+def test_auto_pretrained_falls_back_to_scratch_with_a_warning_and_uses_cached_weights(
+        monkeypatch, tmp_path):
+    """``"auto"`` (the full profile's choice) trains from scratch, saying so, when the
+    torchvision file is missing, loads it when it is in the hub cache, and the built model
+    says which happened."""
+    import torchvision
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.warns(UserWarning, match="training from scratch"):
+        body, _ = backbone_body("resnet18", pretrained="auto")
+    assert body.pretrained is False
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["fc.bias"] = torch.full_like(state["fc.bias"], 0.25)  # recognisable
+    file = tmp_path / "checkpoints" / Path(
+        torchvision.models.ResNet18_Weights.DEFAULT.url).name
+    file.parent.mkdir(parents=True)
+    torch.save(state, file)
+    model = build_plain_maskrcnn(1, backbone="resnet18", pretrained_backbone="auto",
+                                 image_size=64, fpn_channels=32, mask_channels=32)
+    assert model.backbone_pretrained is True
+    assert build_rmaskrcnn(1, pretrained_backbone=False, image_size=64, fpn_channels=32,
+                           mask_channels=32).backbone_pretrained is False
+    with pytest.raises(ValueError, match="'auto'"):
+        backbone_body("resnet18", pretrained="imagenet")
 
 
 def test_multilevel_roi_align_and_mask_head():

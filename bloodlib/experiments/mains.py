@@ -231,7 +231,7 @@ def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = N
     _finish(run, "paper3", data["source"], "valid", model, metrics, data["source"],
             {"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
              "stop_reason": out["log"].stop_reason,
-             "pretrained": bool(knobs["pretrained_backbone"]),  # a missing file raises
+             "pretrained": bool(getattr(out["model"], "backbone_pretrained", False)),
              **({"architecture": architecture} if architecture else {})})
     if store_as:
         path = run.output_dir / "checkpoints" / f"{store_as}.pt"

