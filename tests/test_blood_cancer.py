@@ -93,6 +93,11 @@ def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
     path = bc.save_model(r["model"], tmp_path / "r.pt", knobs, r["metrics"], "synthetic")
     loaded = bc.load_model(path)
     assert loaded.bloodlib_config == r["model"].bloodlib_config
+    meta = torch.load(path, weights_only=False)["meta"]
+    assert meta["preprocessing"]["normalize"] == "unit"  # the model normalises by itself
+    assert meta["preprocessing"]["model_normalization"]["mean"] == pytest.approx(
+        list(loaded.transform.image_mean))
+    assert meta["pretrained_backbone"] is False
     assert loaded.bloodlib_config["residual_attention"] is True
     assert loaded.bloodlib_config["mask_fusion"] == "map"
     assert loaded.bloodlib_config["mask_head_depth"] == 2

@@ -19,13 +19,18 @@ from .evaluate import finite
 def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: Mapping[str, float],
                training_data: str) -> Path:
     """Save an R-Mask R-CNN / Mask R-CNN checkpoint with the course's model-store ``meta``
-    (task "detect"; ``architecture_kwargs`` rebuild it, see :func:`load_model`)."""
+    (task "detect"; ``architecture_kwargs`` rebuild it, see :func:`load_model`): images go
+    in as RGB in [0, 1] and the model applies its backbone's normalisation
+    (``model_normalization``: ImageNet's, or 0.5 / 0.5 for EfficientNet-Lite)."""
     cfg = dict(getattr(model, "bloodlib_config", {}))
     return save_checkpoint(path, model, meta={
         "task": "detect", "architecture": cfg.get("architecture", "rmaskrcnn"),
         "architecture_kwargs": {k: v for k, v in cfg.items() if k != "architecture"},
         "classes": [CELL], "input_size": int(knobs["image_size"]),
-        "preprocessing": {"clahe": False, "stain": None, "normalize": "imagenet"},
+        "preprocessing": {"clahe": False, "stain": None, "normalize": "unit",
+                          "model_normalization": {"mean": list(model.transform.image_mean),
+                                                  "std": list(model.transform.image_std)}},
+        "pretrained_backbone": bool(getattr(model, "backbone_pretrained", False)),
         "training_data": training_data, "metrics": finite(metrics),
         "created": date.today().isoformat()})
 
