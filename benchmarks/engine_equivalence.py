@@ -21,7 +21,7 @@ os.environ["BLOODLIB_MODELS"] = tempfile.mkdtemp()
 
 import numpy as np  # noqa: E402
 
-from bloodlib.config import get_profile  # noqa: E402
+from bloodlib.config import get_config, get_profile  # noqa: E402
 from bloodlib.data.parsers import load_zheng  # noqa: E402
 from bloodlib.experiments import blood_cancer as bc  # noqa: E402
 from bloodlib.experiments import mcnet_detection as mc  # noqa: E402
@@ -54,11 +54,11 @@ show("detector/faster_rcnn", t0, mAP50=out.evaluation.metrics()["mAP50"],
      last_loss=float(out.log["loss"].iloc[-1]))
 
 t0 = time.perf_counter()  # train_steps: R-Mask R-CNN, 15 steps on 8 SegPC images
-knobs = {**get_profile(bc.EXPERIMENT, "bench_cpu"), "train_steps": 15, "time_budget_s": None,
-         "max_train_images": 8, "max_val_images": 4}
-segpc = bc.load_data(knobs, work, 0)
+settings = get_config(bc.EXPERIMENT, "bench_cpu", train_steps=15, time_budget_s=None,
+                      max_train_images=8, max_val_images=4)
+segpc = bc.load_data(settings, work, 0)
 res = bc.train_and_evaluate("rmaskrcnn", segpc["train"], bc.make_eval_set(
-    segpc["val"], int(knobs["image_size"])), knobs, "cpu", 0)
+    segpc["val"], settings.image_size), settings, "cpu", 0)
 show("steps/rmaskrcnn", t0, IoU=res["metrics"]["IoU"], last_loss=res["log"].rows[-1]["loss"])
 
 t0 = time.perf_counter()  # the GAN: 30 steps on random images

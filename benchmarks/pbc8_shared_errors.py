@@ -30,10 +30,10 @@ def test_part(out_dir: str, size: int, crop: float) -> wc.CellImages:
     """Paper 1's 80/20 test part, preloaded at ``size`` px of the centre ``crop``."""
     run = session.start("wbc_classification", profile="bench_cpu", output_dir=out_dir,
                         verbose=False, image_size=size, crop_fraction=crop, resume=RESUME)
-    pbc, _ = wc.drop_conflicting(wc.load_pbc_images(run.knobs, run.output_dir, 0))
+    pbc, _ = wc.drop_conflicting(wc.load_pbc_images(run.settings, run.output_dir, 0))
     if pbc.source == "synthetic":
         raise SystemExit("PBC not found: set BLOODLIB_DATA to the datasets folder.")
-    return wc.protocol_split(pbc, TASK, run.knobs, 0)["test"]
+    return wc.protocol_split(pbc, TASK, run.settings, 0)["test"]
 
 
 def main(out_dir: str, names: list[str]) -> None:

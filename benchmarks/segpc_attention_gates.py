@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_config
 from bloodlib.experiments import blood_cancer as bc
 
 
 def main(out_dir: str, n_images: int, checkpoints: list[str]) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    knobs = get_profile("blood_cancer", "bench_cpu", max_val_images=n_images)
-    data = bc.load_data(knobs, out, 0)
+    settings = get_config("blood_cancer", "bench_cpu", max_val_images=n_images)
+    data = bc.load_data(settings, out, 0)
     if data["source"] == "synthetic":
         raise SystemExit("SegPC-2021 not found: set BLOODLIB_DATA to the datasets folder.")
-    ev = bc.make_eval_set(data["val"], int(knobs["image_size"]))
+    ev = bc.make_eval_set(data["val"], settings.image_size)
     for i, path in enumerate(checkpoints):
         table = bc.attention_gate_table(bc.load_model(path), ev.images)
         table.insert(0, "checkpoint", path)

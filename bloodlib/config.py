@@ -85,10 +85,14 @@ def setting_types(experiment: str) -> dict[str, Any]:
     return {".".join(path): hint for path, hint in _sections(_schema(experiment)).values()}
 
 
-def _schema(experiment: str) -> type:
-    if experiment not in _SCHEMAS:
+def _check_known(experiment: str, table: Mapping[str, Any]) -> None:
+    if experiment not in table:
         raise SettingError(f"Unknown experiment {experiment!r}; known: {experiments()} "
                            "(import bloodlib.experiments to register every experiment's).")
+
+
+def _schema(experiment: str) -> type:
+    _check_known(experiment, _SCHEMAS)
     return _SCHEMAS[experiment]
 
 
@@ -189,14 +193,13 @@ def experiments() -> list[str]:
 def get_profile(experiment: str, profile: str = "quick", **overrides: Any) -> Mapping[str, Any]:
     """The knobs of ``experiment`` under ``profile``, with ``overrides`` applied.
 
-    Unknown experiments, profiles or override names raise ``ValueError`` listing the
-    valid ones, so a typo in a notebook's parameters fails loudly.
+    Unknown experiments, profiles or override names raise :class:`SettingError` (a
+    ``ValueError``) listing the valid ones, so a typo in a notebook's parameters fails
+    loudly.
     """
     if profile not in PROFILE_NAMES:
         raise SettingError(f"Unknown profile {profile!r}; choose one of {PROFILE_NAMES}.")
-    if experiment not in _PROFILES:
-        raise SettingError(f"Unknown experiment {experiment!r}; known: {experiments()} "
-                           "(import bloodlib.experiments to register every experiment's).")
+    _check_known(experiment, _PROFILES)
     knobs = dict(_PROFILES[experiment][profile])
     schema = _SCHEMAS.get(experiment)
     fields = _sections(schema) if schema else {}

@@ -22,6 +22,7 @@ import torch
 
 from . import config, runtime
 from .engine import distributed as ddp
+from .engine.checkpoint import Checkpoints
 from .results import make_result, result_filename, write_result
 
 
@@ -43,6 +44,12 @@ class NotebookRun:
     def settings(self) -> Any:
         """The knobs as the experiment's typed settings (``run.settings.yolo.epochs``)."""
         return config.typed(self.experiment, self.knobs)
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        """Where this run's trainings keep checkpoints, and whether ``resume`` continues
+        them."""
+        return Checkpoints.from_knobs(self.knobs)
 
     @property
     def figure_dir(self) -> Path:

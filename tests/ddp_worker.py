@@ -69,12 +69,11 @@ def main() -> None:
         train_detector(model, _loader(_data(True), global_batch, lambda b: tuple(zip(*b))),
                        iterations=10, lr=0.05, warmup_iters=3, progress=False)
     elif kind == "steps":
-        from bloodlib.experiments.blood_cancer import train_steps
+        from bloodlib.experiments.blood_cancer import Optimization, train_steps
         model = TinyDetector()
-        knobs = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "warmup_steps": 2,
-                 "lr_schedule": "cosine", "grad_clip": 10.0}
+        optim = Optimization("adamw", lr=1e-2, warmup_steps=2, lr_schedule="cosine")
         train_steps(model, _loader(_data(True), global_batch, lambda b: tuple(zip(*b))),
-                    lambda m, b: m(*b), knobs, 10, None)
+                    lambda m, b: m(*b), optim, 10, None)
     else:  # the GAN: each rank its own crops, gradients averaged
         import numpy as np
 

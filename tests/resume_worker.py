@@ -77,14 +77,14 @@ def main() -> None:
     elif kind == "steps":  # notebook 03's loop (blood_cancer.train_steps)
         from pathlib import Path
 
-        from bloodlib.experiments.blood_cancer import train_steps
+        from bloodlib.engine.checkpoint import Checkpoints
+        from bloodlib.experiments.blood_cancer import Optimization, train_steps
         model = TinyDetector()
         loader = DataLoader(Slow(sleep_s, detection=True), batch_size=4, shuffle=True,
                             collate_fn=lambda b: tuple(zip(*b)))
-        knobs = {"checkpoint_dir": str(Path(ckpt).parent), "resume": True, "optimizer": "adamw",
-                 "lr": 1e-2, "weight_decay": 1e-4, "warmup_steps": 2, "lr_schedule": "cosine",
-                 "grad_clip": 10.0}
-        train_steps(model, loader, lambda m, b: m(*b), knobs, 20, None, label=Path(ckpt).stem)
+        optim = Optimization("adamw", lr=1e-2, warmup_steps=2, lr_schedule="cosine")
+        train_steps(model, loader, lambda m, b: m(*b), optim, 20, None, label=Path(ckpt).stem,
+                    checkpoints=Checkpoints(Path(ckpt).parent, resume=True))
     else:
         from bloodlib.engine.detection import train_detector
         model = TinyDetector()

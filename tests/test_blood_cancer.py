@@ -4,11 +4,10 @@ training run, crops for the DCNN stage."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_config, get_profile
 from bloodlib.experiments import blood_cancer as bc
 
 TINY = dict(image_size=64, fpn_channels=16, mask_channels=16, batch_size=2, train_steps=2,
@@ -70,27 +69,27 @@ def test_table1_puts_paper_beside_ours():
 
 def test_tiny_training_run_and_ablation(synth):
     coco, ev = synth
-    knobs = get_profile("blood_cancer", "quick", **TINY)
-    r = bc.train_and_evaluate("rmaskrcnn", coco, ev, knobs, seed=0)
+    settings = get_config("blood_cancer", "quick", **TINY)
+    r = bc.train_and_evaluate("rmaskrcnn", coco, ev, settings, seed=0)
     assert r["log"].steps == 2 and np.isfinite(r["log"].to_frame()["loss"]).all()
     assert 0 <= r["metrics"]["IoU"] <= 1 and len(r["preds"]) == len(ev.images)
-    abl = bc.run_ablation(coco, ev, knobs, seed=0)
+    abl = bc.run_ablation(coco, ev, settings, seed=0)
     assert list(abl) == ["Mask R-CNN (torchvision FPN)", "FPN-SA + MS head",
                          "FPN-CA-SA + B-U + MS head (R-Mask R-CNN)"]
     table = bc.ablation_table(abl)
     assert (table["steps"] == 1).all() and table["cell_iou"].between(0, 1).all()
     with pytest.raises(ValueError, match="maskrcnn"):
-        bc.build_model("yolo", knobs)
+        bc.build_model("yolo", settings)
 
 
 def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
     coco, ev = synth
-    knobs = get_profile("blood_cancer", "quick", **{**TINY, "residual_attention": True,
+    settings = get_config("blood_cancer", "quick", **{**TINY, "residual_attention": True,
                                                        "attention_logit_bound": 2.0,
                                                        "mask_fusion": "map",
                                                        "mask_head_depth": 2})
-    r = bc.train_and_evaluate("rmaskrcnn", coco, ev, knobs, seed=0)
-    path = bc.save_model(r["model"], tmp_path / "r.pt", knobs, r["metrics"], "synthetic")
+    r = bc.train_and_evaluate("rmaskrcnn", coco, ev, settings, seed=0)
+    path = bc.save_model(r["model"], tmp_path / "r.pt", settings, r["metrics"], "synthetic")
     loaded = bc.load_model(path)
     assert loaded.bloodlib_config == r["model"].bloodlib_config
     meta = torch.load(path, weights_only=False)["meta"]
@@ -115,7 +114,7 @@ def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
     assert table["share < 0.1"].between(0, 1).all()
     assert (table["max n*softmax"] >= 1).all() and (table["median n*softmax"] > 0).all()
     with pytest.raises(ValueError, match="attention modules"):
-        bc.attention_gate_table(bc.build_model("maskrcnn", knobs), ev.images[:1])
+        bc.attention_gate_table(bc.build_model("maskrcnn", settings), ev.images[:1])
     torch.save({"model_state": torch.nn.Conv2d(1, 1, 1).state_dict(),
                 "meta": {"task": "segment", "architecture": "unet", "classes": ["cell"]}},
                tmp_path / "u.pt")
@@ -125,11 +124,11 @@ def test_saved_model_loads_back_and_attention_gates(synth, tmp_path):
 
 def test_unet_and_fcm_baselines(synth):
     coco, ev = synth
-    knobs = get_profile("blood_cancer", "quick", **TINY)
-    model, log = bc.train_unet(coco, knobs)
+    settings = get_config("blood_cancer", "quick", **TINY)
+    model, log = bc.train_unet(coco, settings)
     assert log.steps == 2
-    preds = bc.predict_unet(model, ev, knobs)
-    fcm_preds, labels = bc.predict_fcm(ev, knobs)
+    preds = bc.predict_unet(model, ev, settings)
+    fcm_preds, labels = bc.predict_fcm(ev, settings)
     assert labels[0].shape == (64, 64) and len(fcm_preds) == len(preds) == len(ev.images)
     m = bc.evaluate_predictions(fcm_preds, ev)
     assert m["IoU"] > 0.1  # synthetic WBCs are dark on a bright background
@@ -137,11 +136,11 @@ def test_unet_and_fcm_baselines(synth):
 
 def test_crops_and_dcnn_stage(synth):
     coco, _ = synth
-    knobs = get_profile("blood_cancer", "quick", **TINY)
-    x, y = bc.cell_crops(coco, knobs)
+    settings = get_config("blood_cancer", "quick", **TINY)
+    x, y = bc.cell_crops(coco, settings)
     assert x and all(c.shape == (32, 32, 3) for c in x) and y[0] == "plasma_cell"
     assert y.count("plasma_cell") == len(coco["annotations"])
-    model = bc.build_dcnn(knobs, 2)
+    model = bc.build_dcnn(settings, 2)
     assert not model.pretrained_loaded
     prob = bc.predict_dcnn(model, x[:3])
     assert prob.shape == (3, 2) and np.allclose(prob.sum(1), 1, atol=1e-5)
@@ -154,8 +153,15 @@ def test_crops_and_dcnn_stage(synth):
 
 
 def test_learning_rate_schedule():
-    knobs = {"warmup_steps": 4, "lr_schedule": "cosine"}
-    assert bc._lr_factor(0, 0.0, 100, None, knobs) == pytest.approx(0.25)  # warm-up
-    assert bc._lr_factor(4, 0.0, 100, None, knobs) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 0.04)))
-    assert bc._lr_factor(10, 90.0, 10**6, 100.0, knobs) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 0.9)))
-    assert bc._lr_factor(50, 0.0, 100, None, {"warmup_steps": 1}) == 1.0  # constant
+    optim = bc.Optimization(warmup_steps=4, lr_schedule="cosine")
+    assert bc._lr_factor(0, 0.0, 100, None, optim) == pytest.approx(0.25)  # warm-up
+    assert bc._lr_factor(4, 0.0, 100, None, optim) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 0.04)))
+    assert bc._lr_factor(10, 90.0, 10**6, 100.0, optim) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 0.9)))
+    assert bc._lr_factor(50, 0.0, 100, None, bc.Optimization(warmup_steps=1)) == 1.0  # constant
+
+
+def test_optimization_comes_from_the_typed_profile():
+    full = get_config("blood_cancer", "full")
+    optim = bc.Optimization.of(full)
+    assert (optim.optimizer, optim.lr, optim.momentum) == ("sgd", 1e-3, 0.7)
+    assert bc.Optimization.of(full, optimizer="adamw").optimizer == "adamw"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_config, get_profile
 from bloodlib.data.splits import pixel_hash
 from bloodlib.data.synthetic import write_classification_set
 from bloodlib.errors import DatasetIntegrityError
@@ -28,10 +28,8 @@ def synthetic(tmp_path_factory):
     return wc.preload(recs, 32, source="synthetic")
 
 
-def _knobs(**kw):
-    knobs = dict(get_profile("wbc_classification", "quick"))
-    knobs.update(image_size=32, batch_size=16, **kw)
-    return knobs
+def _settings(**kw):
+    return get_config("wbc_classification", "quick", **{"image_size": 32, "batch_size": 16, **kw})
 
 
 def _with_duplicates(data, pairs):
@@ -100,16 +98,16 @@ def test_conflicting_duplicates_are_dropped(synthetic):
 
 
 def test_protocol_split_has_no_leakage_and_right_parts(synthetic):
-    knobs = _knobs(val_fraction=0.25)
-    parts = wc.protocol_split(synthetic, "paper1_80_20", knobs, seed=0)
+    settings = _settings(val_fraction=0.25)
+    parts = wc.protocol_split(synthetic, "paper1_80_20", settings, seed=0)
     assert set(parts) == {"train", "val", "test"}
     assert sum(map(len, parts.values())) == len(synthetic)
     assert len(parts["test"]) == pytest.approx(0.2 * len(synthetic), abs=3)
     paths = [set(p.paths) for p in parts.values()]
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
-    p2 = wc.protocol_split(synthetic, "paper2_300_100_100", knobs, seed=0)  # scaled down
+    p2 = wc.protocol_split(synthetic, "paper2_300_100_100", settings, seed=0)  # scaled down
     assert [len(p2[k]) for k in ("train", "val", "test")] == [63, 21, 24]
-    only5 = wc.protocol_split(synthetic, "wbc5", knobs, seed=0)
+    only5 = wc.protocol_split(synthetic, "wbc5", settings, seed=0)
     assert set(only5["train"].labels) <= set(wc.WBC5)
 
 
@@ -158,7 +156,7 @@ def test_evaluator_and_report_wiring():
     assert all(np.isfinite(list(m.values())))
     row = wc.summary_row(ev)
     assert row["F1"] == pytest.approx(ev.report.macro["f1"]) and row["roc_auc"] <= 1
-    loader = wc.make_loader(data, CLASSES3, _knobs(), train=False)
+    loader = wc.make_loader(data, CLASSES3, _settings(), train=False)
     out = wc.classification_evaluator(CLASSES3)(model, loader, torch.device("cpu"))
     assert out["accuracy"] == pytest.approx(0.9) and out["loss"] > 0
     assert 0 < out["macro_f1"] < 1
@@ -250,17 +248,17 @@ def test_resolve_amp(monkeypatch):
 
 
 def test_train_save_and_predict_round_trip(synthetic, tmp_path):
-    knobs = _knobs(epochs={k: 3 for k in wc.PROTOCOLS}, time_budget_s={k: 60 for k in wc.PROTOCOLS},
+    settings = _settings(epochs={k: 3 for k in wc.PROTOCOLS}, time_budget_s={k: 60 for k in wc.PROTOCOLS},
                    tta="none", cnn_width=0.25, lr=0.05)
-    parts = wc.protocol_split(synthetic, "paper1_80_20", knobs, seed=0)
-    t = wc.train_classifier("cnn", parts, CLASSES3, knobs, "paper1_80_20", "cpu", seed=0)
+    parts = wc.protocol_split(synthetic, "paper1_80_20", settings, seed=0)
+    t = wc.train_classifier("cnn", parts, CLASSES3, settings, "paper1_80_20", "cpu", seed=0)
     df = t.history.to_frame()
     assert len(df) == 3 and {"train_loss", "val_accuracy", "val_macro_f1", "lr"} <= set(df.columns)
-    assert df["lr"].iloc[-1] < df["lr"].iloc[0] or df["lr"].iloc[0] < knobs["lr"]
+    assert df["lr"].iloc[-1] < df["lr"].iloc[0] or df["lr"].iloc[0] < settings.lr
     assert t.info["images_per_second"] > 0 and t.info["peak_rss_mb"] > 0
     assert t.info["images_seen"] == sum(df["train_batches"]) * 16
     ev = wc.evaluate(t.model, parts["test"], CLASSES3)
-    path = wc.save_classifier(tmp_path / "m.pt", t, knobs, {"dataset": "synthetic"},
+    path = wc.save_classifier(tmp_path / "m.pt", t, settings, {"dataset": "synthetic"},
                               {"accuracy": ev.report.accuracy})
     from bloodlib.inference import load_predictor
     pred = load_predictor(path)
@@ -272,15 +270,15 @@ def test_train_save_and_predict_round_trip(synthetic, tmp_path):
 
 @pytest.mark.parametrize("mix", wc.MIXES)
 def test_mixed_batches_carry_probability_targets_and_train(synthetic, mix):
-    knobs = _knobs(mix=mix, mix_alpha=1.0, epochs={k: 2 for k in wc.PROTOCOLS},
+    settings = _settings(mix=mix, mix_alpha=1.0, epochs={k: 2 for k in wc.PROTOCOLS},
                    time_budget_s={k: 60 for k in wc.PROTOCOLS}, cnn_width=0.25)
-    parts = wc.protocol_split(synthetic, "paper1_80_20", knobs, seed=0)
-    x, y = next(iter(wc.make_loader(parts["train"], CLASSES3, knobs, train=True)))
+    parts = wc.protocol_split(synthetic, "paper1_80_20", settings, seed=0)
+    x, y = next(iter(wc.make_loader(parts["train"], CLASSES3, settings, train=True)))
     assert x.shape == (16, 3, 32, 32) and y.shape == (16, 3) and y.dtype == torch.float32
     assert torch.allclose(y.sum(1), torch.ones(16)) and (y.max(1).values < 1).any()
-    _, y_val = next(iter(wc.make_loader(parts["val"], CLASSES3, knobs, train=False)))
+    _, y_val = next(iter(wc.make_loader(parts["val"], CLASSES3, settings, train=False)))
     assert y_val.ndim == 1                              # evaluation is never mixed
-    t = wc.train_classifier("cnn", parts, CLASSES3, knobs, "paper1_80_20", "cpu", seed=0)
+    t = wc.train_classifier("cnn", parts, CLASSES3, settings, "paper1_80_20", "cpu", seed=0)
     assert np.isfinite(t.history.to_frame()["train_loss"]).all()
     with pytest.raises(ValueError, match="mix 'blend' unknown"):
         wc.BatchMix("blend", 3)

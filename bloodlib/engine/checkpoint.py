@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "jsonable", "run_checkpoint", "resolve_resume"]
+__all__ = ["save_checkpoint", "load_checkpoint", "jsonable", "Checkpoints", "run_checkpoint",
+           "resolve_resume"]
 
 FORMAT_VERSION = 1
 
@@ -113,16 +115,33 @@ def load_checkpoint(path: str | Path, model: Optional[nn.Module] = None,
     return ckpt
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a notebook's or benchmark's trainings keep their checkpoints (``folder``, set by
+    :func:`bloodlib.session.start`; None: no checkpoints) and whether to ``resume`` them."""
+
+    folder: Optional[Path] = None
+    resume: bool = False
+
+    @classmethod
+    def from_knobs(cls, knobs: Mapping[str, Any]) -> "Checkpoints":
+        """The plan a run's flat knobs carry (``checkpoint_dir``, ``resume``)."""
+        folder = knobs.get("checkpoint_dir")
+        return cls(Path(folder) if folder else None, bool(knobs.get("resume")))
+
+    def for_label(self, label: str) -> tuple[Optional[Path], Optional[str]]:
+        """``(<folder>/<label>.pt, "auto" when resuming)``; ``(None, None)`` without a
+        folder."""
+        if self.folder is None:
+            return None, None
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+        return self.folder / f"{safe}.pt", ("auto" if self.resume else None)
+
+
 def run_checkpoint(knobs: Mapping[str, Any], label: str) -> tuple[Optional[Path], Optional[str]]:
-    """Where a notebook's or benchmark's training called ``label`` keeps its checkpoint
-    (``knobs["checkpoint_dir"]/<label>.pt``, set by :func:`bloodlib.session.start`), and
-    ``"auto"`` when ``knobs["resume"]`` asks to continue it; ``(None, None)`` without a
-    checkpoint folder."""
-    folder = knobs.get("checkpoint_dir")
-    if not folder:
-        return None, None
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
-    return Path(folder) / f"{safe}.pt", ("auto" if knobs.get("resume") else None)
+    """Where a training called ``label`` keeps its checkpoint and whether to resume it,
+    from a run's flat knobs (:meth:`Checkpoints.for_label`)."""
+    return Checkpoints.from_knobs(knobs).for_label(label)
 
 
 def resolve_resume(resume_from: Any, latest: Optional[Path]) -> Optional[Path]:

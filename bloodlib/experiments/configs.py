@@ -259,7 +259,7 @@ class WbcClassificationConfig:
     color_jitter: float
     crop_fraction: float
     dropout: float
-    epochs: dict
+    epochs: Union[int, dict]  # per protocol, or one for all
     external: list
     gradcam_n: int
     image_size: int

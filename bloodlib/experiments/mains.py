@@ -131,18 +131,20 @@ def train_wbc_classification(run: NotebookRun, model: str, store_as: Optional[st
                              ) -> dict[str, float]:
     """Papers 1/2/4: PBC 8 classes under paper 1's stratified 80/20, accuracy and macro
     F1 on test."""
-    knobs, seed = run.knobs, run.seed
-    pbc, _ = wc.drop_conflicting(wc.load_pbc_images(knobs, run.output_dir, seed))
-    parts = wc.protocol_split(pbc, _PBC_TASK, knobs, seed)
-    trained = wc.train_classifier(model, parts, wc.PBC8, knobs, _PBC_TASK, run.device, seed)
-    ev = wc.evaluate(trained.model, parts["test"], wc.PBC8, knobs["tta"])
+    settings, seed = run.settings, run.seed
+    pbc, _ = wc.drop_conflicting(wc.load_pbc_images(settings, run.output_dir, seed))
+    parts = wc.protocol_split(pbc, _PBC_TASK, settings, seed)
+    trained = wc.train_classifier(model, parts, wc.PBC8, settings, _PBC_TASK, run.device, seed,
+                                  checkpoints=run.checkpoints)
+    ev = wc.evaluate(trained.model, parts["test"], wc.PBC8, settings.tta)
     metrics = ev.metrics()
     _finish(run, "paper1", f"pbc_{_PBC_TASK}", "test", model, metrics, pbc.source,
             {**trained.info, "n_test": len(parts["test"])})
     if store_as:
         from ..inference import save_model
         training = {"dataset": pbc.source, "split": f"{_PBC_TASK} train", "profile": run.profile}
-        meta = wc.model_meta(trained, knobs, training, {"test_accuracy": ev.report.accuracy})
+        meta = wc.model_meta(trained, settings, training,
+                             {"test_accuracy": ev.report.accuracy})
         print("stored:", save_model(trained.model, store_as, meta))
     return metrics
 
@@ -217,16 +219,16 @@ def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = N
                        ) -> dict[str, float]:
     """Paper 3 Table 1: (R-)Mask R-CNN on SegPC-2021 train, matched-cell metrics on
     validation."""
-    knobs, seed = run.knobs, run.seed
-    data = bc.load_data(knobs, run.output_dir, seed)
-    ev = bc.make_eval_set(data["val"], int(knobs["image_size"]))
-    architecture = dict(knobs.get("architecture") or {})
+    settings, seed = run.settings, run.seed
+    data = bc.load_data(settings, run.output_dir, seed)
+    ev = bc.make_eval_set(data["val"], settings.image_size)
+    architecture = dict(settings.architecture or {})
     unknown = set(architecture) - set(bc.MAIN_VARIANT)
     if unknown or (architecture and model != "rmaskrcnn"):
         raise SettingError(f"architecture={architecture} picks an R-Mask R-CNN variant with "
                            f"keys of {sorted(bc.MAIN_VARIANT)}; use it with --model rmaskrcnn.")
-    out = bc.train_and_evaluate(model, data["train"], ev, knobs, run.device, seed,
-                                variant=architecture or None)
+    out = bc.train_and_evaluate(model, data["train"], ev, settings, run.device, seed,
+                                variant=architecture or None, checkpoints=run.checkpoints)
     metrics = bc.finite(out["metrics"])
     _finish(run, "paper3", data["source"], "valid", model, metrics, data["source"],
             {"paper_table": "table1", "paper_row": {"model": bc.TABLE1_LABELS[model]},
@@ -235,7 +237,7 @@ def train_blood_cancer(run: NotebookRun, model: str, store_as: Optional[str] = N
              **({"architecture": architecture} if architecture else {})})
     if store_as:
         path = run.output_dir / "checkpoints" / f"{store_as}.pt"
-        bc.save_model(out["model"], path, knobs, metrics, f"{data['source']}/train")
+        bc.save_model(out["model"], path, settings, metrics, f"{data['source']}/train")
         print("saved:", path)
     return metrics
 

@@ -27,9 +27,13 @@ and annotated cells matched one-to-one (Hungarian, IoU >= 0.5, ``cell_iou``) and
 ``segm`` AP/AP50 (pycocotools). FCM and U-Net give a foreground mask; their instances
 are its connected components (score 1), which is how a semantic method would count cells.
 
-Choices the paper leaves open are in the knobs below; CPU profiles train from scratch
-(no ImageNet weights are available offline), with AdamW instead of the paper's SGD
-(lr 0.001, momentum 0.7, weight decay 1e-4, batch 1 — kept in ``full``).
+Choices the paper leaves open are in the typed settings
+(:class:`~bloodlib.experiments.configs.BloodCancerConfig`; ``run.settings`` in the notebook).
+The CPU profiles train a MobileNetV3 backbone from scratch by default
+(``backbone=efficientnet_lite0 pretrained_backbone=True`` fine-tunes the offline ImageNet
+weights instead) with AdamW rather than the paper's SGD (lr 0.001, momentum 0.7, weight
+decay 1e-4, batch 1), which ``full`` keeps, on a ResNet-50 from torchvision's ImageNet
+weights when they are in the torch hub cache.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from .settings import (CELL, CLS_CLASSES, EXPERIMENT, MAIN_VARIANT, MODEL_LABELS
 from .data import (CellDataset, collate, EvalSet, letterbox_valid, load_data, make_eval_set,
                    synthetic_cells, to_uint8)
 from .evaluate import evaluate_predictions, finite, Prediction
-from .train import (_lr_factor, ablation_name, build_model, predict_detector, predict_fcm,
+from .train import (_lr_factor, ablation_name, build_model, Optimization, predict_detector,
+                    predict_fcm,
                     predict_unet, run_ablation, slug, train_and_evaluate, train_detector,
                     train_steps, train_unet, TrainLog)
 from .augment import coco_images, gan_augmented_coco
@@ -55,7 +60,7 @@ __all__ = ['subset_coco', 'CELL', 'CLS_CLASSES', 'EXPERIMENT', 'MAIN_VARIANT',
            'MODEL_LABELS', 'PAPER', 'TABLE1_LABELS', 'pretrained_table', 'CellDataset', 'collate', 'EvalSet',
            'letterbox_valid', 'load_data', 'make_eval_set', 'synthetic_cells', 'to_uint8',
            'evaluate_predictions', 'finite', 'Prediction', '_lr_factor', 'ablation_name',
-           'build_model', 'predict_detector', 'predict_fcm', 'predict_unet', 'run_ablation',
+           'build_model', 'Optimization', 'predict_detector', 'predict_fcm', 'predict_unet', 'run_ablation',
            'slug', 'train_and_evaluate', 'train_detector', 'train_steps', 'train_unet',
            'TrainLog', 'coco_images', 'gan_augmented_coco', 'build_dcnn', 'cell_crops',
            'predict_dcnn', 'train_dcnn', 'ablation_table', 'attention_gate_table',

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ...io import read_image
 from ...models.rens_gan import augment_with_gan
+from ..configs import BloodCancerConfig
 
 
 # ============================================================================ RENS-GAN
@@ -19,7 +20,7 @@ def coco_images(coco: dict) -> list[np.ndarray]:
     return [read_image(im["path"]) for im in coco["images"]]
 
 
-def gan_augmented_coco(coco: dict, gan: Any, out_dir: Any, knobs: Mapping[str, Any],
+def gan_augmented_coco(coco: dict, gan: Any, out_dir: Any, settings: BloodCancerConfig,
                        seed: int = 0) -> dict:
     """``coco`` plus a RENS-GAN copy of every image (written as PNG under ``out_dir``,
     same annotations — the generators keep the geometry)."""
@@ -31,7 +32,7 @@ def gan_augmented_coco(coco: dict, gan: Any, out_dir: Any, knobs: Mapping[str, A
     by_image: dict[int, list[dict]] = {}
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
-    fakes = augment_with_gan(gan, coco_images(coco), float(knobs["gan_noise_std"]), seed)
+    fakes = augment_with_gan(gan, coco_images(coco), float(settings.gan.noise_std), seed)
     for k, (entry, fake) in enumerate(zip(coco["images"], fakes)):
         path = out / f"rens_{Path(entry['file_name']).stem}.png"
         Image.fromarray(fake).save(path)

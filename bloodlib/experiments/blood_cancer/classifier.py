@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -15,8 +15,10 @@ from ...runtime import seed_everything
 from ...classical import connected_instances, fcm_segment
 from ...data.datasets import decode_segmentation
 from ...models.classifiers import build_classifier
+from ...engine.checkpoint import Checkpoints
+from ..configs import BloodCancerConfig
 from .settings import CLS_CLASSES
-from .train import train_steps, TrainLog
+from .train import Optimization, train_steps, TrainLog
 from .augment import coco_images
 from .data import letterbox_valid
 
@@ -32,13 +34,13 @@ def _crop(image: np.ndarray, box: Sequence[float], margin: float, size: int) -> 
                       interpolation=cv2.INTER_AREA)
 
 
-def cell_crops(coco: dict, knobs: Mapping[str, Any], seed: int = 0
+def cell_crops(coco: dict, settings: BloodCancerConfig, seed: int = 0
                ) -> tuple[list[np.ndarray], list[str]]:
     """The classification stand-in (module docstring): crops of annotated plasma cells
     and of FCM-segmented objects that are not plasma cells, at most ``cls_max_per_class``
     of each, from the native-resolution images of ``coco``."""
-    size, margin = int(knobs["cls_size"]), float(knobs["cls_margin"])
-    cap = knobs["cls_max_per_class"]
+    size, margin = int(settings.cls.size), float(settings.cls.margin)
+    cap = settings.cls.max_per_class
     pos, neg = [], []
     areas = [a["area"] for a in coco["annotations"]] or [100.0]
     lo, hi = 0.25 * float(np.percentile(areas, 5)), 2.0 * float(np.percentile(areas, 95))
@@ -52,8 +54,8 @@ def cell_crops(coco: dict, knobs: Mapping[str, Any], seed: int = 0
         cells = np.zeros((h, w), bool)
         for a in anns:
             cells |= decode_segmentation(a["segmentation"], h, w).astype(bool)
-        fg = fcm_segment(image, int(knobs["fcm_clusters"]), valid=letterbox_valid(entry, h, w),
-                         min_size=int(knobs["fcm_min_size"]), seed=seed).foreground
+        fg = fcm_segment(image, int(settings.fcm.clusters), valid=letterbox_valid(entry, h, w),
+                         min_size=int(settings.fcm.min_size), seed=seed).foreground
         for inst in connected_instances(fg & ~cells, int(lo)):
             area = inst.sum()
             if area > hi or (inst & cells).sum() > 0.2 * area:
@@ -68,14 +70,14 @@ def cell_crops(coco: dict, knobs: Mapping[str, Any], seed: int = 0
     return pos + neg, [CLS_CLASSES[0]] * len(pos) + [CLS_CLASSES[1]] * len(neg)
 
 
-def build_dcnn(knobs: Mapping[str, Any], num_classes: int = 2) -> nn.Module:
+def build_dcnn(settings: BloodCancerConfig, num_classes: int = 2) -> nn.Module:
     """DenseNet-121 (paper 3's "DCNN") from the classification track's registry
     (:func:`bloodlib.models.classifiers.build_classifier`), trained from scratch unless
     ImageNet weights are cached; it takes images in [0, 1] and normalises inside.
     ``cls_small_input`` keeps DenseNet's first pooling (False) or drops it (True; None =
     automatic below 128 px)."""
-    return build_classifier("densenet121", num_classes, in_size=int(knobs["cls_size"]),
-                            small_input=knobs.get("cls_small_input"))
+    return build_classifier("densenet121", num_classes, in_size=int(settings.cls.size),
+                            small_input=settings.cls.small_input)
 
 
 def _crop_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
@@ -83,15 +85,16 @@ def _crop_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy()).float() / 255.0
 
 
-def train_dcnn(crops: Sequence[np.ndarray], labels: Sequence[str], knobs: Mapping[str, Any],
-               device: Any = "cpu", seed: int = 0) -> tuple[nn.Module, TrainLog]:
+def train_dcnn(crops: Sequence[np.ndarray], labels: Sequence[str], settings: BloodCancerConfig,
+               device: Any = "cpu", seed: int = 0, checkpoints: Optional[Checkpoints] = None
+               ) -> tuple[nn.Module, TrainLog]:
     """DenseNet-121 on the crops (flips and 90-degree rotations, cross-entropy, AdamW),
     ``cls_epochs`` epochs or ``cls_time_budget_s``."""
     seed_everything(seed)
-    model = build_dcnn(knobs, len(CLS_CLASSES))
+    model = build_dcnn(settings, len(CLS_CLASSES))
     x = _crop_tensor(crops)
     y = torch.tensor([CLS_CLASSES.index(c) for c in labels])
-    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=int(knobs["cls_batch"]),
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=int(settings.cls.batch),
                         shuffle=True, generator=torch.Generator().manual_seed(seed))
     dev = torch.device(device)
     ce = nn.CrossEntropyLoss()
@@ -103,10 +106,11 @@ def train_dcnn(crops: Sequence[np.ndarray], labels: Sequence[str], knobs: Mappin
         if torch.rand(1) < 0.5:
             xb = xb.flip(3)
         return {"cross_entropy": ce(m(xb.to(dev)), yb.to(dev))}
-    steps = int(knobs["cls_epochs"]) * ddp.batches_per_rank(loader)
-    log = train_steps(model, loader, fn, {**knobs, "optimizer": "adamw", "warmup_steps": 1},
-                      steps, knobs["cls_time_budget_s"], device,
-                      label=f"classifier_{len(x)}crops_s{seed}")
+    steps = int(settings.cls.epochs) * ddp.batches_per_rank(loader)
+    log = train_steps(model, loader, fn, Optimization.of(settings, optimizer="adamw",
+                                                       warmup_steps=1),
+                      steps, settings.cls.time_budget_s, device,
+                      label=f"classifier_{len(x)}crops_s{seed}", checkpoints=checkpoints)
     return model, log
 
 

@@ -21,6 +21,7 @@ from ...data.parsers.segpc import letterbox_transform
 from ...data.convert import mask_to_rle
 from ...data.records import new_coco
 from ...data.datasets import DetectionDataset
+from ..configs import BloodCancerConfig
 from .settings import CELL
 
 
@@ -35,7 +36,7 @@ def synthetic_cells(out_dir: Any, n_images: int, seed: int, split: str,
     return {**coco, "categories": [{"id": 1, "name": CELL}], "annotations": anns}
 
 
-def load_data(knobs: Mapping[str, Any], out_dir: Any, seed: int = 0) -> dict[str, Any]:
+def load_data(settings: BloodCancerConfig, out_dir: Any, seed: int = 0) -> dict[str, Any]:
     """``{"train", "val": COCO dicts, "source": "segpc2021" | "synthetic"}``: SegPC-2021
     train and validation cells (subsets per the profile), or synthetic smears."""
     try:
@@ -44,12 +45,12 @@ def load_data(knobs: Mapping[str, Any], out_dir: Any, seed: int = 0) -> dict[str
             train, val = load_segpc("train", CELL), load_segpc("valid", CELL)
         source = "segpc2021"
     except DatasetNotFoundError:
-        n = int(knobs["synthetic_images"])
+        n = int(settings.synthetic_images)
         train = synthetic_cells(out_dir, n, seed, "train")
         val = synthetic_cells(out_dir, max(4, n // 2), seed + 1, "val")
         source = "synthetic"
-    return {"train": subset_coco(train, knobs["max_train_images"], seed),
-            "val": subset_coco(val, knobs["max_val_images"], seed), "source": source}
+    return {"train": subset_coco(train, settings.max_train_images, seed),
+            "val": subset_coco(val, settings.max_val_images, seed), "source": source}
 
 
 def letterbox_valid(image_entry: Mapping[str, Any], height: int, width: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from torch import nn
 from ...models.rmaskrcnn import attention_maps
 from ...models.rens_gan import degrade, random_crops
 from ...viz import finish_figure, overlay_mask
+from ..configs import BloodCancerConfig
 from .data import EvalSet, to_uint8
 from .evaluate import Prediction
 from .train import TrainLog
@@ -90,15 +91,15 @@ def attention_figure(model: nn.Module, image: torch.Tensor, n_channels: int = 3)
 
 
 @torch.no_grad()
-def gan_figure(gan: Any, images: Sequence[np.ndarray], history: Any, knobs: Mapping[str, Any],
+def gan_figure(gan: Any, images: Sequence[np.ndarray], history: Any, settings: BloodCancerConfig,
                seed: int = 0) -> Any:
     """RENS-GAN before/after on crops of ``images`` (original, degraded input, generated)
     and the training losses."""
     import matplotlib.pyplot as plt
-    crop = 2 * int(knobs["gan_crop"])
+    crop = 2 * int(settings.gan.crop)
     real = random_crops(images, 3, min(crop, *(min(i.shape[:2]) for i in images)),
                         np.random.default_rng(seed))
-    noisy, _ = degrade(real, float(knobs["gan_noise_std"]), torch.Generator().manual_seed(seed))
+    noisy, _ = degrade(real, float(settings.gan.noise_std), torch.Generator().manual_seed(seed))
     fake = gan(noisy.to(next(gan.parameters()).device)).cpu()
     fig, axes = plt.subplots(3, 4, figsize=(12, 9))
     for i in range(3):

@@ -12,11 +12,12 @@ from ...engine.checkpoint import save_checkpoint
 from ...errors import ModelFormatError
 from ...models.rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn
 from ...inference.store import read_task_checkpoint, rebuild_model
+from ..configs import BloodCancerConfig
 from .settings import CELL
 from .evaluate import finite
 
 
-def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: Mapping[str, float],
+def save_model(model: nn.Module, path: Any, settings: BloodCancerConfig, metrics: Mapping[str, float],
                training_data: str) -> Path:
     """Save an R-Mask R-CNN / Mask R-CNN checkpoint with the course's model-store ``meta``
     (task "detect"; ``architecture_kwargs`` rebuild it, see :func:`load_model`): images go
@@ -26,7 +27,7 @@ def save_model(model: nn.Module, path: Any, knobs: Mapping[str, Any], metrics: M
     return save_checkpoint(path, model, meta={
         "task": "detect", "architecture": cfg.get("architecture", "rmaskrcnn"),
         "architecture_kwargs": {k: v for k, v in cfg.items() if k != "architecture"},
-        "classes": [CELL], "input_size": int(knobs["image_size"]),
+        "classes": [CELL], "input_size": int(settings.image_size),
         "preprocessing": {"clahe": False, "stain": None, "normalize": "unit",
                           "model_normalization": {"mean": list(model.transform.image_mean),
                                                   "std": list(model.transform.image_std)}},

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ...engine.checkpoint import resolve_resume, run_checkpoint
+from ...engine.checkpoint import Checkpoints, resolve_resume
 from ...engine.device import device_plan
 from ...engine.loop import CheckpointHook, LossDictStep, SchedulerHook, TrainLoop
 from ...models.rmaskrcnn import build_plain_maskrcnn, build_rmaskrcnn, variant_name
@@ -25,19 +25,20 @@ from ...classical import connected_instances, fcm_segment
 from ...losses import CEDiceLoss
 from ...models import UNet
 from .data import CellDataset, collate, EvalSet, to_uint8
+from ..configs import BloodCancerConfig
 from .settings import MAIN_VARIANT
 from .evaluate import evaluate_predictions, Prediction
 
 
 # ============================================================================ models
-def build_model(kind: str, knobs: Mapping[str, Any], variant: Optional[Mapping[str, Any]] = None
+def build_model(kind: str, settings: BloodCancerConfig, variant: Optional[Mapping[str, Any]] = None
                 ) -> nn.Module:
     """``"maskrcnn"`` (plain) or ``"rmaskrcnn"`` (``variant`` overrides
     :data:`MAIN_VARIANT`) with the profile's backbone, image size and channels."""
-    common = dict(backbone=knobs["backbone"], pretrained_backbone=knobs["pretrained_backbone"],
-                  image_size=int(knobs["image_size"]), fpn_channels=int(knobs["fpn_channels"]),
-                  mask_channels=int(knobs["mask_channels"]),
-                  box_detections_per_img=int(knobs["detections_per_img"]),
+    common = dict(backbone=settings.backbone, pretrained_backbone=settings.pretrained_backbone,
+                  image_size=int(settings.image_size), fpn_channels=int(settings.fpn_channels),
+                  mask_channels=int(settings.mask_channels),
+                  box_detections_per_img=int(settings.detections_per_img),
                   rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
                   rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=250,
                   box_batch_size_per_image=128)
@@ -45,10 +46,10 @@ def build_model(kind: str, knobs: Mapping[str, Any], variant: Optional[Mapping[s
         return build_plain_maskrcnn(1, **common)
     if kind == "rmaskrcnn":
         return build_rmaskrcnn(1, **{**MAIN_VARIANT, **dict(variant or {})},
-                               residual_attention=bool(knobs["residual_attention"]),
-                               attention_logit_bound=knobs["attention_logit_bound"],
-                               mask_fusion=str(knobs["mask_fusion"]),
-                               mask_head_depth=int(knobs["mask_head_depth"]), **common)
+                               residual_attention=bool(settings.residual_attention),
+                               attention_logit_bound=settings.attention_logit_bound,
+                               mask_fusion=str(settings.mask_fusion),
+                               mask_head_depth=int(settings.mask_head_depth), **common)
     raise ValueError(f"Unknown model kind {kind!r}; choose 'maskrcnn' or 'rmaskrcnn'.")
 
 
@@ -68,23 +69,45 @@ class TrainLog:
         return pd.DataFrame(self.rows)
 
 
-def _optimizer(params: Sequence[torch.Tensor], knobs: Mapping[str, Any]) -> torch.optim.Optimizer:
-    if knobs["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
-                               weight_decay=float(knobs["weight_decay"]))
-    if knobs["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=float(knobs["lr"]),
-                                 weight_decay=float(knobs["weight_decay"]))
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {knobs['optimizer']!r}.")
+@dataclass(frozen=True)
+class Optimization:
+    """How :func:`train_steps` optimises: ``optimizer`` ("sgd" or "adamw"), its rate and
+    decay, a linear warm-up over ``warmup_steps``, ``lr_schedule`` ("constant" or
+    "cosine") and gradient-norm clipping at ``grad_clip``."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1
+    lr_schedule: str = "constant"
+    grad_clip: float = 10.0
+
+    @classmethod
+    def of(cls, settings: BloodCancerConfig, **changes: Any) -> "Optimization":
+        """The profile's optimisation settings, with ``changes``."""
+        return replace(cls(settings.optimizer, settings.lr, settings.momentum,
+                           settings.weight_decay, settings.warmup_steps, settings.lr_schedule,
+                           settings.grad_clip), **changes)
+
+
+def _optimizer(params: Sequence[torch.Tensor], optim: Optimization) -> torch.optim.Optimizer:
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=float(optim.lr), momentum=float(optim.momentum),
+                               weight_decay=float(optim.weight_decay))
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=float(optim.lr),
+                                 weight_decay=float(optim.weight_decay))
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {optim.optimizer!r}.")
 
 
 def _lr_factor(step: int, elapsed: float, steps: int, budget: Optional[float],
-               knobs: Mapping[str, Any]) -> float:
+               optim: Optimization) -> float:
     """Linear warm-up over ``warmup_steps``; then constant, or with ``lr_schedule="cosine"``
     a cosine decay to 5 % over the run — its progress is the larger of steps done / steps
     and time used / time budget, so a time-limited run still ends at the low rate."""
-    warm = min(1.0, (step + 1) / max(1, int(knobs.get("warmup_steps", 1))))
-    if knobs.get("lr_schedule", "constant") != "cosine":
+    warm = min(1.0, (step + 1) / max(1, int(optim.warmup_steps)))
+    if optim.lr_schedule != "cosine":
         return warm
     progress = step / max(1, steps)
     if budget:
@@ -93,25 +116,27 @@ def _lr_factor(step: int, elapsed: float, steps: int, budget: Optional[float],
 
 
 def train_steps(model: nn.Module, loader: DataLoader, loss_fn: Callable[[nn.Module, Any], dict],
-                knobs: Mapping[str, Any], steps: int, time_budget_s: Optional[float],
-                device: Any = "cpu", label: Optional[str] = None) -> TrainLog:
+                optim: Optimization, steps: int, time_budget_s: Optional[float],
+                device: Any = "cpu", label: Optional[str] = None,
+                checkpoints: Optional[Checkpoints] = None) -> TrainLog:
     """Train for ``steps`` batches (cycling over ``loader``) or until ``time_budget_s``
     on the one training loop; ``loss_fn(model, batch)`` returns named losses that are
     summed. Learning rate from :func:`_lr_factor` (a ``LambdaLR``); gradient-norm clipping
-    at ``knobs["grad_clip"]``. With a ``label`` and ``knobs["checkpoint_dir"]`` (notebook
-    runs) the state is checkpointed after the first step and every 60 s, and
-    ``knobs["resume"]`` continues it with the same batches (the time budget starts afresh)."""
+    at ``optim.grad_clip``. With a ``label`` and a ``checkpoints`` folder (notebook runs:
+    ``run.checkpoints``) the state is checkpointed after the first step and every 60 s, and
+    ``checkpoints.resume`` continues it with the same batches (the time budget starts
+    afresh)."""
     device = torch.device(device)
     model.to(device)
-    opt = _optimizer([p for p in model.parameters() if p.requires_grad], knobs)
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad], optim)
     loop_ref: list[TrainLoop] = []
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(
-        step, loop_ref[0].elapsed() if loop_ref else 0.0, int(steps), time_budget_s, knobs))
+        step, loop_ref[0].elapsed() if loop_ref else 0.0, int(steps), time_budget_s, optim))
     hooks: list[Any] = [SchedulerHook(schedule, "step")]
-    ckpt_path, resume = run_checkpoint(knobs, label) if label else (None, None)
+    ckpt_path, resume = (checkpoints or Checkpoints()).for_label(label) if label else (None, None)
     if ckpt_path is not None:
         hooks.append(CheckpointHook(ckpt_path, None, every_s=60.0, at="step"))
-    step = LossDictStep(opt, float(knobs.get("grad_clip", 10.0)),
+    step = LossDictStep(opt, float(optim.grad_clip),
                         forward=lambda m, batch, _device: loss_fn(m, batch))
     loop = TrainLoop(model, step, loader, max_steps=int(steps), time_budget_s=time_budget_s,
                      hooks=hooks, device=device, plan=device_plan(device, False, False),
@@ -133,22 +158,24 @@ def _detection_loss(device: torch.device) -> Callable[[nn.Module, Any], dict]:
     return fn
 
 
-def train_detector(model: nn.Module, coco: dict, knobs: Mapping[str, Any], device: Any = "cpu",
+def train_detector(model: nn.Module, coco: dict, settings: BloodCancerConfig, device: Any = "cpu",
                    seed: int = 0, steps: Optional[int] = None,
-                   time_budget_s: Optional[float] = None) -> TrainLog:
+                   time_budget_s: Optional[float] = None,
+                   checkpoints: Optional[Checkpoints] = None) -> TrainLog:
     """Train a torchvision Mask R-CNN on ``coco`` (flips, ``image_size``, batch size and
     optimiser from the profile) for ``steps`` (default ``train_steps``) or the time budget."""
     seed_everything(seed)
-    loader = DataLoader(CellDataset(coco, int(knobs["image_size"]), train=True),
-                        batch_size=int(knobs["batch_size"]), shuffle=True, collate_fn=collate,
-                        num_workers=int(knobs["num_workers"]),
+    loader = DataLoader(CellDataset(coco, int(settings.image_size), train=True),
+                        batch_size=int(settings.batch_size), shuffle=True, collate_fn=collate,
+                        num_workers=int(settings.num_workers),
                         generator=torch.Generator().manual_seed(seed))
-    steps = int(knobs["train_steps"] if steps is None else steps)
-    budget = knobs["time_budget_s"] if time_budget_s is None else time_budget_s
+    steps = int(settings.train_steps if steps is None else steps)
+    budget = settings.time_budget_s if time_budget_s is None else time_budget_s
     label = (f"{getattr(model, 'bloodlib_config', {}).get('architecture', type(model).__name__)}_"
              f"{len(coco['images'])}img_{steps}steps_s{seed}_{_config_tag(model)}")
-    return train_steps(model, loader, _detection_loss(torch.device(device)), knobs, steps,
-                       budget, device, label=label)
+    return train_steps(model, loader, _detection_loss(torch.device(device)),
+                       Optimization.of(settings), steps,
+                       budget, device, label=label, checkpoints=checkpoints)
 
 
 def _config_tag(model: nn.Module) -> str:
@@ -175,15 +202,15 @@ def _semantic_prediction(foreground: np.ndarray, min_size: int) -> Prediction:
     return Prediction(inst, np.ones(len(inst), np.float32))
 
 
-def predict_fcm(ev: EvalSet, knobs: Mapping[str, Any], seed: int = 0
+def predict_fcm(ev: EvalSet, settings: BloodCancerConfig, seed: int = 0
                 ) -> tuple[list[Prediction], list[np.ndarray]]:
     """FCM on every evaluation image (inside its valid region): instance predictions
     (connected components) and the FCM label maps."""
     preds, labels = [], []
     for image, valid in zip(ev.images, ev.valid):
-        r = fcm_segment(to_uint8(image), int(knobs["fcm_clusters"]), valid=valid,
-                        min_size=int(knobs["fcm_min_size"]), seed=seed)
-        preds.append(_semantic_prediction(r.foreground, int(knobs["min_instance_size"])))
+        r = fcm_segment(to_uint8(image), int(settings.fcm.clusters), valid=valid,
+                        min_size=int(settings.fcm.min_size), seed=seed)
+        preds.append(_semantic_prediction(r.foreground, int(settings.min_instance_size)))
         labels.append(r.labels)
     return preds, labels
 
@@ -204,13 +231,13 @@ class _SemanticView(Dataset):
         return image, union.long()
 
 
-def train_unet(coco: dict, knobs: Mapping[str, Any], device: Any = "cpu", seed: int = 0
-               ) -> tuple[nn.Module, TrainLog]:
+def train_unet(coco: dict, settings: BloodCancerConfig, device: Any = "cpu", seed: int = 0,
+               checkpoints: Optional[Checkpoints] = None) -> tuple[nn.Module, TrainLog]:
     """The segmentation track's U-Net (cell vs background, CE + Dice) on ``coco``."""
     seed_everything(seed)
-    model = UNet(3, 2, base_channels=int(knobs["unet_base_channels"]))
-    loader = DataLoader(_SemanticView(CellDataset(coco, int(knobs["image_size"]), train=True)),
-                        batch_size=int(knobs["unet_batch"]), shuffle=True,
+    model = UNet(3, 2, base_channels=int(settings.unet.base_channels))
+    loader = DataLoader(_SemanticView(CellDataset(coco, int(settings.image_size), train=True)),
+                        batch_size=int(settings.unet.batch), shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     loss = CEDiceLoss()
     dev = torch.device(device)
@@ -218,37 +245,37 @@ def train_unet(coco: dict, knobs: Mapping[str, Any], device: Any = "cpu", seed: 
     def fn(m: nn.Module, batch: Any) -> dict:
         x, y = batch
         return {"ce_dice": loss(m(x.to(dev)), y.to(dev))}
-    log = train_steps(model, loader, fn, {**knobs, "optimizer": "adamw"},
-                      int(knobs["unet_steps"]), knobs["unet_time_budget_s"], device,
-                      label=f"unet_{len(coco['images'])}img_s{seed}")
+    log = train_steps(model, loader, fn, Optimization.of(settings, optimizer="adamw"),
+                      int(settings.unet.steps), settings.unet.time_budget_s, device,
+                      label=f"unet_{len(coco['images'])}img_s{seed}", checkpoints=checkpoints)
     return model, log
 
 
 @torch.no_grad()
-def predict_unet(model: nn.Module, ev: EvalSet, knobs: Mapping[str, Any], device: Any = "cpu"
+def predict_unet(model: nn.Module, ev: EvalSet, settings: BloodCancerConfig, device: Any = "cpu"
                  ) -> list[Prediction]:
     """U-Net foreground (inside the valid region) split into connected components."""
     model.eval().to(device)
     out = []
     for image, valid in zip(ev.images, ev.valid):
         fg = model(image[None].to(device)).argmax(1)[0].cpu().numpy().astype(bool) & valid
-        out.append(_semantic_prediction(fg, int(knobs["min_instance_size"])))
+        out.append(_semantic_prediction(fg, int(settings.min_instance_size)))
     return out
 
 
-def train_and_evaluate(kind: str, train_coco: dict, ev: EvalSet, knobs: Mapping[str, Any],
+def train_and_evaluate(kind: str, train_coco: dict, ev: EvalSet, settings: BloodCancerConfig,
                        device: Any = "cpu", seed: int = 0,
-                       variant: Optional[Mapping[str, Any]] = None, ablation: bool = False
-                       ) -> dict[str, Any]:
+                       variant: Optional[Mapping[str, Any]] = None, ablation: bool = False,
+                       checkpoints: Optional[Checkpoints] = None) -> dict[str, Any]:
     """Build, train (``train_steps``/``time_budget_s``, or the ``ablation_*`` ones) and
     evaluate one Mask R-CNN; ``{"model", "log", "metrics", "preds"}``."""
     seed_everything(seed)
-    model = build_model(kind, knobs, variant)
-    steps = knobs["ablation_steps"] if ablation else knobs["train_steps"]
-    budget = knobs["ablation_time_budget_s"] if ablation else knobs["time_budget_s"]
-    log = train_detector(model, train_coco, knobs, device, seed, steps, budget)
-    preds = predict_detector(model, ev, device, float(knobs["mask_threshold"]))
-    metrics = evaluate_predictions(preds, ev, float(knobs["score_threshold"]))
+    model = build_model(kind, settings, variant)
+    steps = settings.ablation.steps if ablation else settings.train_steps
+    budget = settings.ablation.time_budget_s if ablation else settings.time_budget_s
+    log = train_detector(model, train_coco, settings, device, seed, steps, budget, checkpoints)
+    preds = predict_detector(model, ev, device, float(settings.mask_threshold))
+    metrics = evaluate_predictions(preds, ev, float(settings.score_threshold))
     metrics.update(train_seconds=log.seconds, train_steps=float(log.steps))
     return {"model": model, "log": log, "metrics": metrics, "preds": preds}
 
@@ -265,21 +292,25 @@ def ablation_name(variant: Mapping[str, Any]) -> str:
     return variant_name(v["attention"], v["bottom_up"], v["multiscale_mask_head"])
 
 
-def run_ablation(train_coco: dict, ev: EvalSet, knobs: Mapping[str, Any], device: Any = "cpu",
-                 seed: int = 0, trained: Optional[Mapping[str, Mapping[str, Any]]] = None
-                 ) -> dict[str, dict[str, Any]]:
+def run_ablation(train_coco: dict, ev: EvalSet, settings: BloodCancerConfig,
+                 device: Any = "cpu", seed: int = 0,
+                 trained: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 checkpoints: Optional[Checkpoints] = None) -> dict[str, dict[str, Any]]:
     """Train and evaluate plain Mask R-CNN, every ``ablation_variants`` entry and the full
     R-Mask R-CNN with the ablation budget. ``trained`` (``{"maskrcnn": ..,
     "rmaskrcnn": ..}`` from :func:`train_and_evaluate`) is reused when the ablation budget
     equals the main one, so nothing is trained twice."""
-    same = (knobs["ablation_steps"], knobs["ablation_time_budget_s"]) == \
-        (knobs["train_steps"], knobs["time_budget_s"])
+    same = (settings.ablation.steps, settings.ablation.time_budget_s) == \
+        (settings.train_steps, settings.time_budget_s)
     trained = dict(trained or {}) if same else {}
     out = {"Mask R-CNN (torchvision FPN)": trained.get("maskrcnn") or train_and_evaluate(
-        "maskrcnn", train_coco, ev, knobs, device, seed, ablation=True)}
-    for v in knobs["ablation_variants"]:
-        out[ablation_name(v)] = train_and_evaluate("rmaskrcnn", train_coco, ev, knobs, device,
-                                                   seed, variant=v, ablation=True)
+        "maskrcnn", train_coco, ev, settings, device, seed, ablation=True,
+        checkpoints=checkpoints)}
+    for v in settings.ablation.variants:
+        out[ablation_name(v)] = train_and_evaluate("rmaskrcnn", train_coco, ev, settings,
+                                                   device, seed, variant=v, ablation=True,
+                                                   checkpoints=checkpoints)
     out[ablation_name(MAIN_VARIANT) + " (R-Mask R-CNN)"] = trained.get("rmaskrcnn") or \
-        train_and_evaluate("rmaskrcnn", train_coco, ev, knobs, device, seed, ablation=True)
+        train_and_evaluate("rmaskrcnn", train_coco, ev, settings, device, seed, ablation=True,
+                           checkpoints=checkpoints)
     return out

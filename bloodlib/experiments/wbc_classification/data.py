@@ -25,6 +25,7 @@ from ...data import synthetic
 from ...data.parsers.zheng import load_zheng
 from ...data.splits import check_no_leakage, per_class_split, stratified_split
 from ...transforms.augment import cell_classification_augmentation
+from ..configs import WbcClassificationConfig
 from .settings import PROTOCOLS
 
 
@@ -79,27 +80,27 @@ def preload(records: Sequence[Any], size: int, crop_fraction: float = 1.0,
     return CellImages(stack, labels, paths, hashes, source)
 
 
-def load_pbc_images(knobs: Mapping[str, Any], out_dir: Any, seed: int = 0) -> CellImages:
+def load_pbc_images(settings: WbcClassificationConfig, out_dir: Any, seed: int = 0) -> CellImages:
     """PBC (``max_per_class`` per class, all when None) preloaded; when PBC is absent,
     synthetic PBC-like crops (:func:`bloodlib.data.synthetic.write_classification_set`,
     ``source == "synthetic"``)."""
     try:
-        records, source = load_pbc(max_per_class=knobs.get("max_per_class"), seed=seed), "pbc"
+        records, source = load_pbc(max_per_class=settings.max_per_class, seed=seed), "pbc"
     except DatasetNotFoundError:
         records = synthetic.write_classification_set(
-            Path(out_dir) / "synthetic_pbc", int(knobs["synthetic_per_class"]), seed, size=64)
+            Path(out_dir) / "synthetic_pbc", int(settings.synthetic_per_class), seed, size=64)
         source = "synthetic"
-    return preload(records, int(knobs["image_size"]), float(knobs["crop_fraction"]), source)
+    return preload(records, int(settings.image_size), float(settings.crop_fraction), source)
 
 
-def load_external(which: str, knobs: Mapping[str, Any]) -> Optional[CellImages]:
+def load_external(which: str, settings: WbcClassificationConfig) -> Optional[CellImages]:
     """A Zheng set (``"cellavision"`` / ``"jiangxi"``) with its per-image WBC labels, or
     None when it is not on disk."""
     try:
         records = load_zheng(which)
     except DatasetNotFoundError:
         return None
-    return preload(records, int(knobs["image_size"]), float(knobs["crop_fraction"]),
+    return preload(records, int(settings.image_size), float(settings.crop_fraction),
                    f"zheng_{which}")
 
 
@@ -156,7 +157,7 @@ def check_split(parts: Mapping[str, CellImages]) -> None:
         raise DatasetIntegrityError(f"{len(leaks)} duplicate group(s) cross parts, e.g. {example}.")
 
 
-def protocol_split(data: CellImages, protocol: str, knobs: Mapping[str, Any],
+def protocol_split(data: CellImages, protocol: str, settings: WbcClassificationConfig,
                    seed: int = 0) -> dict[str, CellImages]:
     """``{"train", "val", "test"}`` parts of ``data`` (restricted to the protocol's classes)
     under a protocol of :data:`PROTOCOLS`, checked for leakage. ``val`` is carved out of
@@ -167,7 +168,7 @@ def protocol_split(data: CellImages, protocol: str, knobs: Mapping[str, Any],
     data = data.only(spec["classes"])
     idx = group_split(data.labels, data.hashes, seed, spec.get("fractions"), spec.get("counts"))
     parts = {k: data.subset(v) for k, v in idx.items()}
-    vf = float(knobs.get("val_fraction") or 0)
+    vf = float(settings.val_fraction or 0)
     if "val" not in parts and vf > 0:
         tr = parts["train"]
         inner = group_split(tr.labels, tr.hashes, seed, {"train": 1 - vf, "val": vf})
@@ -186,11 +187,11 @@ def split_counts(parts: Mapping[str, CellImages], classes: Sequence[str]) -> pd.
 
 
 # ----------------------------------------------------------------------------- torch data
-def augmentation(knobs: Mapping[str, Any], seed: Optional[int] = None):
+def augmentation(settings: WbcClassificationConfig, seed: Optional[int] = None):
     """Flips, 90-degree rotations, colour jitter, and (``scale_jitter`` > 0) a small random
     scale and shift with reflected borders."""
-    steps: list[Any] = [cell_classification_augmentation(float(knobs["color_jitter"]))]
-    s = float(knobs.get("scale_jitter") or 0)
+    steps: list[Any] = [cell_classification_augmentation(float(settings.color_jitter))]
+    s = float(settings.scale_jitter or 0)
     if s > 0:
         steps.append(A.Affine(scale=(1 - s, 1 + s), translate_percent=(-s / 2, s / 2),
                               border_mode=cv2.BORDER_REFLECT_101, p=0.5))
@@ -235,17 +236,17 @@ class BatchMix:
         return self.mix(*default_collate(batch))
 
 
-def make_loader(data: CellImages, classes: Sequence[str], knobs: Mapping[str, Any],
+def make_loader(data: CellImages, classes: Sequence[str], settings: WbcClassificationConfig,
                 train: bool, seed: int = 0) -> DataLoader:
     """A DataLoader; training ones shuffle, augment, drop the last partial batch and,
-    with ``knobs["mix"]`` ("mixup" or "cutmix"), mix each batch (:class:`BatchMix`)."""
-    tf = augmentation(knobs, seed) if train else None
+    with ``settings.mix`` ("mixup" or "cutmix"), mix each batch (:class:`BatchMix`)."""
+    tf = augmentation(settings, seed) if train else None
     g = torch.Generator().manual_seed(seed)
-    bs = int(knobs["batch_size"])
-    mix = knobs.get("mix") if train else None
+    bs = int(settings.batch_size)
+    mix = settings.mix if train else None
     return DataLoader(ArrayDataset(data.images, data.targets(classes), tf),
                       batch_size=bs if train else max(bs, 128), shuffle=train, generator=g,
                       drop_last=train and len(data) > bs,
-                      collate_fn=BatchMix(mix, len(classes), knobs.get("mix_alpha", 0.2))
+                      collate_fn=BatchMix(mix, len(classes), settings.mix_alpha)
                       if mix else None,
-                      num_workers=int(knobs.get("num_workers", 0)))
+                      num_workers=int(settings.num_workers))

@@ -4,7 +4,7 @@ errors."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from ...viz import finish_figure, overlay_mask, plot_confusion_matrix, plot_roc_
 from ...explain import grad_cam, overlay_cam
 from .data import augmentation, CellImages
 from .evaluate import Evaluation
+from ..configs import WbcClassificationConfig
 from .settings import MODEL_LABELS
 from .train import Trained
 
@@ -42,10 +43,10 @@ def samples_figure(data: CellImages, classes: Sequence[str], per_class: int = 2,
     return finish_figure(fig)
 
 
-def augmentation_figure(image: np.ndarray, knobs: Mapping[str, Any], n: int = 7, seed: int = 0):
+def augmentation_figure(image: np.ndarray, settings: WbcClassificationConfig, n: int = 7, seed: int = 0):
     """One cell and ``n`` draws of the training augmentation."""
     import matplotlib.pyplot as plt
-    aug = augmentation(knobs, seed)
+    aug = augmentation(settings, seed)
     fig, axes = plt.subplots(1, n + 1, figsize=(1.6 * (n + 1), 1.9))
     axes[0].imshow(image)
     axes[0].set_title("original", fontsize=9)

