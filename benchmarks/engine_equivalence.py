@@ -37,11 +37,11 @@ def show(track: str, t0: float, **values) -> None:
 
 work = tempfile.mkdtemp()
 t0 = time.perf_counter()  # fit: U-Net and CBAM-DC-UNet, 3 epochs on CellaVision
-knobs = {**get_profile(uf.EXPERIMENT, "quick"), "time_budget_s": None, "epochs": 3}
-data = wcs.train_val_test(load_zheng("cellavision"), knobs, 0)
+settings = get_config(uf.EXPERIMENT, "quick", time_budget_s=None, epochs=3)
+data = wcs.train_val_test(load_zheng("cellavision"), settings, 0)
 for name in ("unet_relu", "cbam_dc_unet"):
-    model, history, _ = uf.train_model(name, data["train"], data["val"], knobs, "cpu", 0)
-    show(f"fit/{name}", t0, IoU=uf.evaluate(model, data["test"], knobs, "cpu")["IoU"],
+    model, history, _ = uf.train_model(name, data["train"], data["val"], settings, "cpu", 0)
+    show(f"fit/{name}", t0, IoU=uf.evaluate(model, data["test"], settings, "cpu")["IoU"],
          train_loss=history.rows[-1]["train_loss"])
 
 t0 = time.perf_counter()  # train_detector: Faster R-CNN, 40 steps on BCCD (bench_cpu recipe)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from skimage.morphology import remove_small_holes, remove_small_objects
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_config
 from bloodlib.engine.checkpoint import load_checkpoint
 from bloodlib.experiments import wbc_segmentation as wcs
 
@@ -35,23 +35,23 @@ def cleaned_dice(truth: np.ndarray, pred: np.ndarray, size: int) -> float:
 
 
 def main(checkpoint_dir: str, dataset: str) -> None:
-    knobs = get_profile(wcs.EXPERIMENT, "bench_cpu")
+    settings = get_config(wcs.EXPERIMENT, "bench_cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        included, _, source = wcs.load_or_synthesize(dataset, knobs, tmp, SEED)
+        included, _, source = wcs.load_or_synthesize(dataset, tmp, SEED)
     if source == "synthetic":
         raise SystemExit("Zheng data not found: set BLOODLIB_DATA to the datasets folder.")
-    parts = wcs.train_val_test(included, knobs, SEED)
+    parts = wcs.train_val_test(included, settings, SEED)
     models = {}
     for name in wcs.MODELS:
         path = Path(checkpoint_dir) / f"{name}_{dataset}.pt"
         if not path.exists():
             raise SystemExit(f"{path} not found: run notebook 05 (make bench NOTEBOOKS=05) first.")
-        models[name] = wcs.build_model(name, knobs)
+        models[name] = wcs.build_model(name, settings)
         load_checkpoint(path, models[name])
-    print(wcs.boundary_error_table(models, parts["test"], knobs).round(4).to_string())
+    print(wcs.boundary_error_table(models, parts["test"], settings).round(4).to_string())
     for name, model in models.items():
         for part in ("val", "test"):
-            _, truth, pred = wcs.nucleus_masks(model, parts[part], knobs)  # predict once
+            _, truth, pred = wcs.nucleus_masks(model, parts[part], settings)  # predict once
             print(f"{name} {part} cleaned nucleus Dice: " + " ".join(
                 f"{n}:{cleaned_dice(truth.numpy(), pred.numpy(), n):.4f}"
                 for n in CLEANUP_SIZES))

@@ -14,7 +14,9 @@ nested sections (:mod:`bloodlib.experiments.configs`). Every profile is checked 
 when registered, :func:`get_config` returns a profile as an instance of it, and overrides
 name a setting by its path (``yolo.epochs=5``) or its flat name (``yolo_epochs=5``); a wrong
 name or a value of the wrong type raises :class:`~bloodlib.errors.SettingError`.
-:func:`get_profile` keeps the flat, read-only view the experiments' functions read.
+The experiments' functions read the typed settings (``run.settings`` in a notebook:
+``settings.yolo.epochs``); :func:`get_profile` keeps the flat, read-only view that overrides,
+results JSON and the bench command use.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_config, get_profile
 from bloodlib.data.records import new_coco
 from bloodlib.experiments import maskrcnn_backbones as mb
 from bloodlib.experiments import mcnet_detection as mc
@@ -25,13 +25,13 @@ def synthetic(tmp_path_factory):
     return splits
 
 
-def _knobs(**kw):
-    k = dict(get_profile("mcnet", "quick"))
-    k.update(min_size=96, max_size=120, iterations=3, time_budget_s=None, warmup_iters=1,
-             heads={**mc.LIGHT_HEADS, "fpn_channels": 32, "representation_size": 64,
-                    "mask_head_layers": [32], "mask_iou_channels": 16, "mask_iou_fc": 32,
-                    "box_detections_per_img": 20}, **kw)
-    return k
+def _settings(**kw):
+    return get_config("mcnet", "quick", **{
+        "min_size": 96, "max_size": 120, "iterations": 3, "time_budget_s": None,
+        "warmup_iters": 1,
+        "heads": {**mc.LIGHT_HEADS, "fpn_channels": 32, "representation_size": 64,
+                  "mask_head_layers": [32], "mask_iou_channels": 16, "mask_iou_fc": 32,
+                  "box_detections_per_img": 20}, **kw})
 
 
 def test_profiles_exist_for_every_run_kind():
@@ -51,7 +51,7 @@ def test_profiles_exist_for_every_run_kind():
 def test_missing_dataset_falls_back_to_synthetic(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOODLIB_DATA", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
-    k = _knobs(max_train_images=3, max_val_images=2, max_test_images=2, synthetic_images=4)
+    k = _settings(max_train_images=3, max_val_images=2, max_test_images=2, synthetic_images=4)
     with pytest.warns(UserWarning, match="synthetic"):
         splits, source = mc.load_splits("bccd", k, tmp_path, 0)
     assert source == "synthetic"
@@ -70,7 +70,7 @@ def test_subsets_are_deterministic_and_disjoint(synthetic):
 
 
 def test_train_and_evaluate_mcnet_end_to_end(synthetic, tmp_path):
-    k = _knobs()
+    k = _settings()
     out = mc.train_and_evaluate("mcnet", synthetic, synthetic, k, "cpu", 0, tmp_path)
     assert out.iterations == 3 and len(out.log) == 3 and "loss_mask_iou" in out.log
     m = out.result_metrics()
@@ -191,3 +191,18 @@ def test_quick_model_follows_the_store_contract(tmp_path, monkeypatch):
     assert meta["task"] == "detect" and meta["classes"] == ["WBC", "RBC", "Platelets"]
     assert meta["architecture"] == "torchvision_detector" and "AP50" in meta["metrics"]
     assert meta["training_data"]["source"] == "synthetic"
+
+
+def test_detector_recipe_from_either_experiment():
+    """Paper 1's settings are a recipe as they are; paper 2's become one per backbone."""
+    mcnet = get_config("mcnet", "bench_cpu")
+    recipe = mc.DetectorRecipe.of(mcnet)
+    assert (recipe.backbone, recipe.min_size, recipe.lr) == (mcnet.backbone, mcnet.min_size,
+                                                            mcnet.lr)
+    backbones = get_config("maskrcnn_backbones", "quick")
+    lite = mb.recipe(backbones, "efficientnet_lite0")
+    assert lite.min_size == lite.max_size == backbones.image_size
+    assert lite.lr == backbones.lr_by_backbone.get("efficientnet_lite0", backbones.lr)
+    assert lite.preprocessing is None and lite.backbone == "efficientnet_lite0"
+    with pytest.raises(TypeError, match="lacks"):
+        mc.DetectorRecipe.of(backbones)

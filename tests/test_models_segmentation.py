@@ -89,15 +89,16 @@ def test_lite_unet_has_an_imagenet_encoder_and_any_input_size(tmp_path):
     from bloodlib.experiments import wbc_segmentation as wcs
     from bloodlib.inference.store import load_predictor, read_meta, save_model
     from bloodlib.models.pretrained import lite_state_dict
-    knobs = {"width": 0.25, "num_classes": 4, "image_size": 64}
-    model = wcs.build_model("lite_unet", knobs)
+    from bloodlib.config import get_config
+    settings = get_config("wcsegnet", "quick", width=0.25, image_size=64)
+    model = wcs.build_model("lite_unet", settings)
     encoder = model.model.model.encoder.model
     assert model.pretrained_loaded and model.normalization["std"] == (0.5, 0.5, 0.5)
     assert torch.equal(encoder.conv_stem.weight, lite_state_dict("efficientnet_lite0")["conv_stem.weight"])
     assert model(torch.rand(1, 3, 120, 120)).shape == (1, 4, 120, 120)
-    scratch = wcs.build_model("lite_unet", {**knobs, "pretrained": False})
+    scratch = wcs.build_model("lite_unet", get_config("wcsegnet", "quick", pretrained=False))
     assert not scratch.pretrained_loaded
-    meta = wcs.checkpoint_meta("lite_unet", knobs)
+    meta = wcs.checkpoint_meta("lite_unet", settings)
     assert meta["preprocessing"]["model_normalization"]["mean"] == [0.5] * 3
     path = save_model(model.eval(), "lite-unet", meta, folder=tmp_path)
     assert read_meta(path)["preprocessing"]["pretrained"] is True

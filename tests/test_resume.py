@@ -4,6 +4,7 @@ with exactly the weights of an uninterrupted run (same data order, same random d
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import signal
 import subprocess
 import sys
@@ -98,23 +99,26 @@ def test_notebook_runs_keep_checkpoints_and_resume_them(tmp_path, monkeypatch, c
     gives every training a checkpoint folder, and a second run with resume continues
     the first one's checkpoints instead of training again."""
     from bloodlib import session
-    from bloodlib.engine.checkpoint import run_checkpoint
     from bloodlib.experiments import wbc_segmentation as wcs
 
     monkeypatch.setenv("BLOODLIB_DATA", str(tmp_path / "no-data"))
     run = session.start("wcsegnet", output_dir=tmp_path / "out", verbose=False)
     assert run.knobs["resume"] is False
     assert run.knobs["checkpoint_dir"] == str((tmp_path / "out/checkpoints/wcsegnet").resolve())
-    assert run_checkpoint(run.knobs, "a b")[0].name == "a_b.pt"
-    knobs = {**run.knobs, "epochs": 2, "time_budget_s": None, "max_train_batches": 2}
-    included, _, _ = wcs.load_or_synthesize("jiangxi", knobs, tmp_path, 0)
+    assert run.checkpoints.for_label("a b")[0].name == "a_b.pt"
+    assert run.checkpoints.folder == tmp_path.resolve() / "out/checkpoints/wcsegnet"
+    assert run.checkpoints.resume is False
+    settings = replace(run.settings, epochs=2, time_budget_s=None, max_train_batches=2)
+    included, _, _ = wcs.load_or_synthesize("jiangxi", tmp_path, 0,
+                                            synthetic_images=settings.synthetic_images,
+                                            image_size=settings.image_size)
     train, val = included[:8], included[8:12]
-    _, first, _ = wcs.train_model("wcsegnet", train, val, knobs, "cpu", 0)
+    _, first, _ = wcs.train_model("wcsegnet", train, val, settings, "cpu", 0, run.checkpoints)
     assert (tmp_path / "out/checkpoints/wcsegnet/wcsegnet_last.pt").is_file()
     again = session.start("wcsegnet", output_dir=tmp_path / "out", verbose=False, resume=True)
     capsys.readouterr()
-    _, second, _ = wcs.train_model("wcsegnet", train, val, {**knobs, "resume": again.knobs["resume"]},
-                                   "cpu", 0)
+    assert again.checkpoints.resume is True
+    _, second, _ = wcs.train_model("wcsegnet", train, val, settings, "cpu", 0, again.checkpoints)
     assert "resuming from" in capsys.readouterr().out
     assert second.rows == first.rows  # nothing left to train: the history is the first run's
 

@@ -103,14 +103,15 @@ def test_legacy_wcsegnet_checkpoint_loads(tmp_path):
 
 def test_train_model_checkpoint_is_a_store_model(tmp_path):
     """The checkpoint wbc_segmentation.train_model writes loads as a predictor."""
-    from bloodlib.config import get_profile
+    from bloodlib.config import get_config
+    from bloodlib.engine.checkpoint import Checkpoints
     from bloodlib.data.synthetic import write_segmentation_set
     from bloodlib.experiments import wbc_segmentation as wcs
     recs, _ = wcs.filter_paper5(write_segmentation_set(tmp_path / "syn", 12, 0, size=32))
-    knobs = dict(get_profile("wcsegnet", "quick"), image_size=32, width=1 / 16, epochs=1,
-                 batch_size=4, max_train_batches=1, time_budget_s=None)
-    wcs.train_model("wcsegnet", recs[:8], recs[8:], knobs, "cpu", 0,
-                    checkpoint_dir=tmp_path / "ckpt")
+    settings = get_config("wcsegnet", "quick", image_size=32, width=1 / 16, epochs=1,
+                          batch_size=4, max_train_batches=1, time_budget_s=None)
+    wcs.train_model("wcsegnet", recs[:8], recs[8:], settings, "cpu", 0,
+                    Checkpoints(tmp_path / "ckpt"))
     ckpt = next((tmp_path / "ckpt").glob("wcsegnet*.pt"))
     predictor = store.load_predictor(ckpt)
     assert predictor.input_size == (32, 32) and predictor.classes == list(wcs.CLASS_NAMES)

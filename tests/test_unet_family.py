@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_config, get_profile
+from bloodlib.engine.checkpoint import Checkpoints
 from bloodlib.data import synthetic
 from bloodlib.data.masks import read_label_mask
 from bloodlib.experiments import unet_family as uf
@@ -36,12 +37,12 @@ def test_whole_cell_mask_is_nucleus_plus_cytoplasm(records):
 @pytest.mark.parametrize("name", uf.MODELS)
 def test_each_model_trains_and_scores(name, records, tmp_path):
     torch.set_num_threads(1)
-    knobs = dict(get_profile("unet_family", "quick"), epochs=1, image_size=32, batch_size=4,
-                 max_train_batches=1, width=0.125, time_budget_s=None)
-    model, history, val = uf.train_model(name, records[:6], records[6:], knobs, "cpu", 0,
-                                         checkpoint_dir=tmp_path)
+    settings = get_config("unet_family", "quick", epochs=1, image_size=32, batch_size=4,
+                          max_train_batches=1, width=0.125, time_budget_s=None)
+    model, history, val = uf.train_model(name, records[:6], records[6:], settings, "cpu", 0,
+                                         Checkpoints(tmp_path))
     assert "val_IoU" in history.to_frame()
-    test = uf.evaluate(model, records[6:], knobs)
+    test = uf.evaluate(model, records[6:], settings)
     for k in ("IoU", "recall", "accuracy", "precision", "dice"):
         assert 0.0 <= test[k] <= 1.0 or math.isnan(test[k]), k
     assert math.isclose(test["accuracy"], val["accuracy"], rel_tol=1e-6)

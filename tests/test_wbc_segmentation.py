@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from bloodlib.config import get_profile
+from bloodlib.config import get_config, get_profile
+from bloodlib.engine.checkpoint import Checkpoints
 from bloodlib.data import synthetic
 from bloodlib.data.masks import read_label_mask
 from bloodlib.data.records import MaskedImage
@@ -72,7 +74,8 @@ def test_split_deterministic_stratified_and_small_classes_in_train():
 
 def test_train_val_test_splits_train_again_for_validation():
     recs = _fake(["neutrophil"] * 50 + ["lymphocyte"] * 20 + ["basophil"])
-    parts = wcs.train_val_test(recs, {"val_fraction": 0.15, "min_count": 2}, seed=0)
+    parts = wcs.train_val_test(recs, get_config("wcsegnet", "quick", val_fraction=0.15,
+                                                min_count=2), seed=0)
     names = {k: {r.image_path for r in v} for k, v in parts.items()}
     assert sum(map(len, names.values())) == len(recs)
     assert names["train"].isdisjoint(names["val"]) and names["val"].isdisjoint(names["test"])
@@ -90,15 +93,15 @@ def test_take_subset_keeps_every_class():
 def test_train_model_one_epoch(records, tmp_path):
     torch.set_num_threads(1)
     inc, _ = wcs.filter_paper5(records)
-    knobs = dict(get_profile("wcsegnet", "quick"), epochs=1, image_size=32, batch_size=4,
-                 max_train_batches=2, width=0.125)
-    model, history, metrics = wcs.train_model("wcsegnet", inc[:6], inc[6:], knobs, "cpu", 0,
-                                              checkpoint_dir=tmp_path, dataset="jiangxi")
+    settings = get_config("wcsegnet", "quick", epochs=1, image_size=32, batch_size=4,
+                          max_train_batches=2, width=0.125)
+    model, history, metrics = wcs.train_model("wcsegnet", inc[:6], inc[6:], settings, "cpu", 0,
+                                              Checkpoints(tmp_path), dataset="jiangxi")
     assert history.last_epoch == 1 and "val_dice" in history.to_frame()
     for k in (*wcs.TABLE1_METRICS, "nucleus_dice"):
         assert 0.0 <= metrics[k] <= 1.0, k
     assert (tmp_path / "wcsegnet_jiangxi.pt").is_file()
-    test = wcs.evaluate(model, inc[6:], knobs, "cpu")
+    test = wcs.evaluate(model, inc[6:], settings, "cpu")
     assert math.isclose(test["accuracy"], metrics["accuracy"], rel_tol=1e-6)
     assert all(math.isfinite(v) for v in wcs.finite(test).values())
     table = wcs.table1({("jiangxi", "wcsegnet"): test})
@@ -109,9 +112,9 @@ def test_checkpoint_meta_follows_store_contract(records, tmp_path):
     from bloodlib.engine.checkpoint import load_checkpoint
     torch.set_num_threads(1)
     inc, _ = wcs.filter_paper5(records)
-    knobs = dict(get_profile("wcsegnet", "quick"), epochs=1, image_size=32, batch_size=4,
-                 max_train_batches=1, width=0.125)
-    wcs.train_model("unet_relu", inc[:4], inc[4:6], knobs, "cpu", 0, checkpoint_dir=tmp_path)
+    settings = get_config("wcsegnet", "quick", epochs=1, image_size=32, batch_size=4,
+                          max_train_batches=1, width=0.125)
+    wcs.train_model("unet_relu", inc[:4], inc[4:6], settings, "cpu", 0, Checkpoints(tmp_path))
     meta = load_checkpoint(tmp_path / "unet_relu.pt")["meta"]
     assert meta["task"] == "segment" and meta["architecture"] == "unet_relu"
     assert meta["classes"] == list(wcs.CLASS_NAMES) and meta["input_size"] == [32, 32]
@@ -121,37 +124,41 @@ def test_checkpoint_meta_follows_store_contract(records, tmp_path):
 def test_cosine_schedule_and_loss_choice():
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    assert wcs.build_scheduler(opt, {"lr_schedule": "constant"}) is None
-    sched = wcs.build_scheduler(opt, {"lr_schedule": "cosine", "epochs": 4, "lr": 1e-2,
-                                      "min_lr_factor": 0.1})
+    quick = get_config("wcsegnet", "quick")
+    assert wcs.build_scheduler(opt, replace(quick, lr_schedule="constant")) is None
+    sched = wcs.build_scheduler(opt, replace(quick, lr_schedule="cosine", epochs=4, lr=1e-2,
+                                             min_lr_factor=0.1))
     for _ in range(4):
         opt.step()
         sched.step()
     assert math.isclose(opt.param_groups[0]["lr"], 1e-3, rel_tol=1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
-        wcs.build_scheduler(opt, {"lr_schedule": "step"})
-    assert type(wcs.build_training_loss({"loss": "ce_dice"})).__name__ == "CEDiceLoss"
+        wcs.build_scheduler(opt, replace(quick, lr_schedule="step"))
+    assert type(wcs.build_training_loss(replace(quick, loss="ce_dice"))).__name__ == "CEDiceLoss"
 
 
 def test_augment_p_share_of_augmented_training_images(records):
     inc, _ = wcs.filter_paper5(records)
-    knobs = {"image_size": 32}
-    plain = wcs.make_dataset(inc[:4], knobs, train=False)
-    never = wcs.make_dataset(inc[:4], {**knobs, "augment_p": 0.0}, train=True)
-    always = wcs.make_dataset(inc[:4], {**knobs, "augment_p": 1.0}, train=True)
+    settings = get_config("wcsegnet", "quick", image_size=32)
+    plain = wcs.make_dataset(inc[:4], settings, train=False)
+    never = wcs.make_dataset(inc[:4], replace(settings, augment_p=0.0), train=True)
+    always = wcs.make_dataset(inc[:4], get_config("wcsegnet", "quick", image_size=32,
+                                                  augment_p=1.0), train=True)
     for i in range(4):
         assert torch.equal(never[i][0], plain[i][0]) and torch.equal(never[i][1], plain[i][1])
     assert any(not torch.equal(always[i][0], plain[i][0]) for i in range(4))
 
 
 def test_wcsegnet_dropout_knob_sets_every_dropout():
-    def rates(knobs):
-        model = wcs.build_model("wcsegnet", {"width": 0.125, **knobs})
+    def rates(**overrides):
+        settings = get_config("wcsegnet", "quick", width=0.125, **overrides)
+        model = wcs.build_model("wcsegnet", settings)
         return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
 
-    assert rates({}) == {0.5}  # paper 5 gives no rate: the Keras U-Net convention
-    assert rates({"wcsegnet_dropout": 0.1}) == {0.1}
-    unet = wcs.build_model("unet_relu", {"width": 0.125, "wcsegnet_dropout": 0.1})
+    assert rates() == {0.5}  # paper 5 gives no rate: the Keras U-Net convention
+    assert rates(wcsegnet_dropout=0.1) == {0.1}
+    unet = wcs.build_model("unet_relu", get_config("wcsegnet", "quick", width=0.125,
+                                                   wcsegnet_dropout=0.1))
     assert not any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in unet.modules())
 
 
@@ -194,11 +201,11 @@ class _Constant(torch.nn.Module):
 
 def test_boundary_error_table_and_worst_images_figure(records):
     zheng_like = [r for r in records if r.label in wcs.PAPER5_TYPES][:4]
-    knobs = {"image_size": 32, "batch_size": 4}
-    ds = wcs.make_dataset(zheng_like, knobs)
+    settings = get_config("wcsegnet", "quick", image_size=32, batch_size=4)
+    ds = wcs.make_dataset(zheng_like, settings)
     nucleus_pixels = sum(int((ds[i][1] > 0).sum()) for i in range(len(ds)))
     table = wcs.boundary_error_table({"blind": _Constant(0), "unet_relu": _Constant(1)},
-                                     zheng_like, knobs)
+                                     zheng_like, settings)
     assert list(table.index) == ["blind", wcs.MODEL_LABELS["unet_relu"]]
     assert list(table.columns[:4]) == ["nucleus_dice", "error_pixels", "within_1px", "within_2px"]
     blind = table.loc["blind"]
@@ -206,7 +213,7 @@ def test_boundary_error_table_and_worst_images_figure(records):
     assert 0.0 < blind["within_1px"] <= blind["within_2px"] <= 1.0
     everything = table.loc[wcs.MODEL_LABELS["unet_relu"]]
     assert everything["error_pixels"] == 4 * 32 * 32 - nucleus_pixels
-    fig = wcs.worst_images_figure(_Constant(0), zheng_like, knobs, n=3)
+    fig = wcs.worst_images_figure(_Constant(0), zheng_like, settings, n=3)
     assert len(fig.axes) == 3 and all("Dice 0.000" in ax.get_title() for ax in fig.axes)
 
 

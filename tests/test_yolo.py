@@ -135,7 +135,9 @@ def test_one_epoch_offline_training_scored_by_our_evaluator(smears, tmp_path, ne
     from bloodlib.io import read_image
     ev = SimpleNamespace(metrics=lambda: {"mAP50": report.AP50, "mAP50_95": report.AP})
     out = mc.Outcome("yolov9", result.model, ev, result.history, 1.0, 1, 4)
-    stored = mc.store_outcome(out, smears["train"], {"yolo_imgsz": 64, "preprocessing": None},
+    from bloodlib.config import get_config
+    settings = get_config("mcnet", "quick", **{"yolo.imgsz": 64, "preprocessing": None})
+    stored = mc.store_outcome(out, smears["train"], settings,
                               "yolov9-synthetic-quick", folder=tmp_path / "store")
     detector = load_predictor(stored, task="detect")
     assert detector.classes == mc.class_names(smears["train"])

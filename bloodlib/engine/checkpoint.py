@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "jsonable", "Checkpoints", "run_checkpoint",
-           "resolve_resume"]
+__all__ = ["save_checkpoint", "load_checkpoint", "jsonable", "Checkpoints", "resolve_resume"]
 
 FORMAT_VERSION = 1
 
@@ -136,12 +135,6 @@ class Checkpoints:
             return None, None
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
         return self.folder / f"{safe}.pt", ("auto" if self.resume else None)
-
-
-def run_checkpoint(knobs: Mapping[str, Any], label: str) -> tuple[Optional[Path], Optional[str]]:
-    """Where a training called ``label`` keeps its checkpoint and whether to resume it,
-    from a run's flat knobs (:meth:`Checkpoints.for_label`)."""
-    return Checkpoints.from_knobs(knobs).for_label(label)
 
 
 def resolve_resume(resume_from: Any, latest: Optional[Path]) -> Optional[Path]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-__all__ = ['BloodCancerConfig', 'MaskrcnnBackbonesConfig', 'McnetConfig', 'UnetFamilyConfig', 'WbcClassificationConfig', 'WcsegnetConfig']
+__all__ = ['BloodCancerConfig', 'MaskrcnnBackbonesConfig', 'McnetConfig', 'UnetFamilyConfig',
+           'WbcClassificationConfig', 'WcsegnetConfig', 'SegmentationSettings', 'DetectionSettings']
 
 
 # ----------------------------------------------------------------------------- mcnet
@@ -69,7 +70,7 @@ class McnetConfig:
     models: list
     momentum: float
     num_workers: int
-    preprocessing: dict
+    preprocessing: Optional[dict]  # CLAHE / stain normalisation (None: neither)
     pretrained: Union[bool, str]
     samples_per_grid: int
     score_threshold: float
@@ -223,8 +224,11 @@ class UnetFamilyConfig:
     """Every setting of the ``unet_family`` experiment; a profile is one instance."""
 
     augment: bool
+    augment_p: float
     batch_size: int
     channels_last: bool
+    color_jitter: float
+    early_stopping_patience: Optional[int]
     epochs: int
     image_size: int
     loss: str
@@ -243,6 +247,7 @@ class UnetFamilyConfig:
     time_budget_s: Optional[float]
     tta: Optional[str]
     val_fraction: float
+    vertical_flip: bool
     width: float
 
 
@@ -306,8 +311,10 @@ class WcsegnetConfig:
     """Every setting of the ``wcsegnet`` experiment; a profile is one instance."""
 
     augment: bool
+    augment_p: float
     batch_size: int
     channels_last: bool
+    color_jitter: float
     crop_fill: float
     datasets: list
     early_stopping_patience: Optional[int]
@@ -336,5 +343,14 @@ class WcsegnetConfig:
     train_on_val: bool
     tta: Optional[str]
     val_fraction: float
+    vertical_flip: bool
+    wcsegnet_dropout: Optional[float]
     width: float
     cross: WcsegnetCross
+
+
+# ----------------------------------------------------------------------------- shared
+# the settings that paper 5's training code reads, for paper 5 and paper 4's U-Net table
+SegmentationSettings = Union[WcsegnetConfig, UnetFamilyConfig]
+# the settings that paper 1's detector training reads, for paper 1 and paper 2
+DetectionSettings = Union[McnetConfig, MaskrcnnBackbonesConfig]

@@ -70,46 +70,48 @@ def _finish(run: NotebookRun, paper: str, dataset: str, split: str, model: str,
     + (int(k["pbc_iterations"]) * _torchvision(k["pbc_models"]) if k["pbc"] else 0))
 def train_mcnet(run: NotebookRun, model: str, store_as: Optional[str] = None) -> dict[str, float]:
     """Paper 1: one detector on the profile's first dataset (BCCD; ``datasets=['pbc']``:
-    auto-annotated PBC with the ``pbc_*`` knobs, paper 1's Table 1), COCO metrics on test."""
-    knobs, seed = run.knobs, run.seed
-    dataset = knobs["datasets"][0]
+    auto-annotated PBC with the ``pbc`` settings, paper 1's Table 1), COCO metrics on test."""
+    settings, seed = run.settings, run.seed
+    dataset = settings.datasets[0]
     if dataset == "pbc":
         return _train_mcnet_pbc(run, model, store_as)
-    splits, source = mc.load_splits(dataset, knobs, run.output_dir, seed)
+    splits, source = mc.load_splits(dataset, settings, run.output_dir, seed)
     masked = ({s: mc.add_masks(c) for s, c in splits.items()} if model in mc.MASK_MODELS
               else None)
     folder = run.output_dir / "preprocessed" / dataset
-    splits = mc.preprocess_images(splits, knobs["preprocessing"], folder)
-    masked = mc.preprocess_images(masked, knobs["preprocessing"], folder) if masked else splits
-    out = mc.train_and_evaluate(model, splits, masked, knobs, run.device, seed,
-                                run.output_dir / dataset, tag=dataset)
+    splits = mc.preprocess_images(splits, settings.preprocessing, folder)
+    masked = mc.preprocess_images(masked, settings.preprocessing, folder) if masked else splits
+    out = mc.train_and_evaluate(model, splits, masked, settings, run.device, seed,
+                                run.output_dir / dataset, tag=dataset,
+                                checkpoints=run.checkpoints)
     metrics = out.result_metrics()
     _finish(run, "paper1", dataset, "test", model, metrics, source,
             {"n_train": len(splits["train"]["images"]), "stop_reason": out.stop_reason,
              "pretrained": out.pretrained})
     if store_as:
-        print("stored:", mc.store_outcome(out, splits["train"], knobs, store_as))
+        print("stored:", mc.store_outcome(out, splits["train"], settings, store_as))
     return metrics
 
 
 def _train_mcnet_pbc(run: NotebookRun, model: str, store_as: Optional[str]) -> dict[str, float]:
-    """Notebook 01's PBC part for one model (``pbc_per_class``, ``pbc_min_size``,
-    ``pbc_iterations``, ``pbc_time_budget_s`` / ``pbc_yolo_*``)."""
-    knobs, seed = run.knobs, run.seed
-    pbc, source = mc.load_pbc_splits(knobs, run.output_dir, seed)
-    budget = knobs["pbc_yolo_time_budget_s" if model == "yolov9" else "pbc_time_budget_s"]
-    out = mc.train_and_evaluate(model, pbc, pbc, knobs, run.device, seed, run.output_dir / "pbc",
-                                min_size=int(knobs["pbc_min_size"]),
-                                iterations=int(knobs["pbc_iterations"]), time_budget_s=budget,
-                                yolo_epochs=int(knobs["pbc_yolo_epochs"]), tag="pbc",
-                                detections_per_img=10)
+    """Notebook 01's PBC part for one model (the ``pbc`` settings: per class counts, input
+    size, iterations, time budgets)."""
+    settings, seed = run.settings, run.seed
+    pbc_settings = settings.pbc
+    pbc, source = mc.load_pbc_splits(pbc_settings.per_class, run.output_dir, seed)
+    budget = pbc_settings.yolo_time_budget_s if model == "yolov9" else pbc_settings.time_budget_s
+    out = mc.train_and_evaluate(model, pbc, pbc, settings, run.device, seed,
+                                run.output_dir / "pbc", min_size=pbc_settings.min_size,
+                                iterations=pbc_settings.iterations, time_budget_s=budget,
+                                yolo_epochs=pbc_settings.yolo_epochs, tag="pbc",
+                                detections_per_img=10, checkpoints=run.checkpoints)
     metrics = out.result_metrics()
     _finish(run, "paper1", "pbc", "test", model, metrics, source,
             {"n_train": len(pbc["train"]["images"]), "n_test": len(pbc["test"]["images"]),
              "stop_reason": out.stop_reason, "pretrained": out.pretrained,
-             "paper_table": "table1", "backbone": knobs["backbone"]})
+             "paper_table": "table1", "backbone": settings.backbone})
     if store_as:
-        print("stored:", mc.store_outcome(out, pbc["train"], knobs, store_as))
+        print("stored:", mc.store_outcome(out, pbc["train"], settings, store_as))
     return metrics
 
 
@@ -160,25 +162,28 @@ def train_wbc_classification(run: NotebookRun, model: str, store_as: Optional[st
 def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
                    ) -> dict[str, float]:
     """Paper 5: nucleus segmentation on the profile's first Zheng set (Jiangxi)."""
-    knobs, seed = run.knobs, run.seed
-    dataset = knobs["datasets"][0]
-    split_seed = seed if knobs.get("split_seed") is None else int(knobs["split_seed"])
-    records, _, source = wcs.load_or_synthesize(dataset, knobs, run.output_dir, split_seed)
-    parts = wcs.train_val_test(records, knobs, split_seed)
-    parts = {k: wcs.take_subset(v, knobs.get(f"max_{k}_images"), split_seed)
-             for k, v in parts.items()}
-    train = parts["train"] + parts["val"] if knobs.get("train_on_val") else parts["train"]
-    trained, history, _ = wcs.train_model(model, train, parts["val"], knobs, run.device, seed,
-                                          dataset=dataset)
-    metrics = wcs.finite(wcs.evaluate(trained, parts["test"], knobs, run.device))
+    settings, seed = run.settings, run.seed
+    dataset = settings.datasets[0]
+    split_seed = seed if settings.split_seed is None else int(settings.split_seed)
+    records, _, source = wcs.load_or_synthesize(dataset, run.output_dir, split_seed,
+                                                synthetic_images=settings.synthetic_images,
+                                                image_size=settings.image_size)
+    parts = wcs.train_val_test(records, settings, split_seed)
+    caps = {"train": settings.max_train_images, "val": settings.max_val_images,
+            "test": settings.max_test_images}
+    parts = {k: wcs.take_subset(v, caps[k], split_seed) for k, v in parts.items()}
+    train = parts["train"] + parts["val"] if settings.train_on_val else parts["train"]
+    trained, history, _ = wcs.train_model(model, train, parts["val"], settings, run.device,
+                                          seed, run.checkpoints, dataset=dataset)
+    metrics = wcs.finite(wcs.evaluate(trained, parts["test"], settings, run.device))
     _finish(run, "paper5", dataset, "test", model, metrics, source,
             {"epochs_run": history.last_epoch, "best_epoch": history.best_epoch,
              "n_train": len(train), "split_seed": split_seed,
              "train_seconds": sum(float(r.get("seconds", 0)) for r in history.rows),
-             **({"pretrained": bool(knobs["pretrained"])} if model == "lite_unet" else {})})
+             **({"pretrained": settings.pretrained} if model == "lite_unet" else {})})
     if store_as:
         from ..inference import save_model
-        meta = wcs.checkpoint_meta(model, knobs, dataset=f"wbc_seg_zheng/{dataset}")
+        meta = wcs.checkpoint_meta(model, settings, dataset=f"wbc_seg_zheng/{dataset}")
         meta.pop("knobs"), meta.pop("model")
         print("stored:", save_model(trained.cpu(), store_as, {**meta, "metrics": metrics}))
     return metrics
@@ -193,13 +198,14 @@ def train_unet_family(run: NotebookRun, model: str, store_as: Optional[str] = No
                       ) -> dict[str, float]:
     """Paper 4 Table 5: whole-WBC segmentation on CellaVision (synthetic crops stand in
     when it is missing)."""
-    knobs, seed = run.knobs, run.seed
-    records, _, source = wcs.load_or_synthesize("cellavision", {**knobs, "synthetic_images": 40},
-                                                run.output_dir, seed)
-    parts = wcs.train_val_test(records, knobs, seed)
-    trained, history, _ = uf.train_model(model, parts["train"], parts["val"], knobs, run.device,
-                                         seed, checkpoint_dir=run.output_dir / "checkpoints")
-    metrics = wcs.finite(uf.evaluate(trained, parts["test"], knobs, run.device))
+    settings, seed = run.settings, run.seed
+    records, _, source = wcs.load_or_synthesize("cellavision", run.output_dir, seed,
+                                                synthetic_images=40,
+                                                image_size=settings.image_size)
+    parts = wcs.train_val_test(records, settings, seed)
+    trained, history, _ = uf.train_model(model, parts["train"], parts["val"], settings,
+                                         run.device, seed, run.checkpoints)
+    metrics = wcs.finite(uf.evaluate(trained, parts["test"], settings, run.device))
     _finish(run, uf.PAPER, "cellavision", "test", model, metrics, source,
             {"paper_table": "table5", "paper_row": {"model": uf.MODEL_LABELS[model]},
              "epochs_run": history.last_epoch, "best_epoch": history.best_epoch})
@@ -251,12 +257,13 @@ def train_maskrcnn_backbones(run: NotebookRun, model: str, store_as: Optional[st
                              ) -> dict[str, float]:
     """Paper 2: Mask R-CNN on one backbone (``model``), auto-annotated PBC; Table 3
     losses, Table 4 on validation, Table 5 on test."""
-    knobs, seed = run.knobs, run.seed
-    splits, source = mb.load_data(knobs, run.output_dir, seed)
-    trained, training, val = mb.train_backbone(model, splits, knobs, run.device, seed)
-    res = mb.evaluate_backbone(trained, splits, knobs, run.device)
+    settings, seed = run.settings, run.seed
+    splits, source = mb.load_data(settings, run.output_dir, seed)
+    trained, training, val = mb.train_backbone(model, splits, settings, run.device, seed,
+                                               checkpoints=run.checkpoints)
+    res = mb.evaluate_backbone(trained, splits, settings, run.device)
     metrics = {**{f"val_{k}": v for k, v in res["table4"].items()},
-               **mb.table3_metrics(training.log, val, int(knobs.get("loss_tail", 20))),
+               **mb.table3_metrics(training.log, val, settings.loss_tail),
                **res["table5"], "train_seconds": training.seconds,
                "inference_images_per_s": res["inference_images_per_s"]}
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}

@@ -29,7 +29,8 @@ Choices made here:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -40,6 +41,7 @@ from ..config import register
 from .configs import MaskrcnnBackbonesConfig
 from ..models.detection import BACKBONE_LABELS, PAPER2_BACKBONES
 from . import mcnet_detection as mc
+from ..engine.checkpoint import Checkpoints
 from ..engine.detection import detection_val_loss, loss_summary
 from ..metrics.detection import precision_recall_f1
 from ..results import compare_with_paper, paper_table
@@ -82,26 +84,32 @@ register(EXPERIMENT, schema=MaskrcnnBackbonesConfig, profiles={
 
 
 # ----------------------------------------------------------------------------- data, model
-def load_data(knobs: Mapping[str, Any], work_dir: Any, seed: int = 0) -> tuple[dict[str, dict], str]:
+def load_data(settings: MaskrcnnBackbonesConfig, work_dir: Any, seed: int = 0
+              ) -> tuple[dict[str, dict], str]:
     """Auto-annotated PBC splits ``{"train", "val", "test"}`` (per class counts from the
     profile) and the source ("pbc" or "synthetic")."""
-    return mc.load_pbc_splits(knobs, work_dir, seed, per_class=knobs["per_class"])
+    return mc.load_pbc_splits(settings.per_class, work_dir, seed)
 
 
-def _mc_knobs(knobs: Mapping[str, Any], backbone: str) -> dict[str, Any]:
-    """The profile in the shape :mod:`mcnet_detection`'s helpers read."""
-    size = int(knobs["image_size"])
-    lr = dict(knobs.get("lr_by_backbone") or {}).get(backbone, knobs["lr"])
-    return {**knobs, "backbone": backbone, "min_size": size, "max_size": size, "lr": lr}
+def recipe(settings: MaskrcnnBackbonesConfig, backbone: str) -> mc.DetectorRecipe:
+    """Paper 1's detector recipe for Mask R-CNN on ``backbone``: square ``image_size``
+    inputs, the backbone's own rate (``lr_by_backbone``) where given, no preprocessing."""
+    size = int(settings.image_size)
+    lr = dict(settings.lr_by_backbone or {}).get(backbone, settings.lr)
+    return mc.DetectorRecipe.of(settings, backbone=backbone, min_size=size, max_size=size,
+                                lr=lr, preprocessing=None)
 
 
-def train_backbone(backbone: str, splits: Mapping[str, dict], knobs: Mapping[str, Any],
+def train_backbone(backbone: str, splits: Mapping[str, dict], settings: MaskrcnnBackbonesConfig,
                    device: Any = "cpu", seed: int = 0, checkpoint_path: Any = None,
-                   progress: bool = False):
-    """Train Mask R-CNN on ``backbone``; returns ``(model, DetectionTraining, val_losses)``."""
-    k = _mc_knobs(knobs, backbone)
+                   progress: bool = False, checkpoints: Optional[Checkpoints] = None):
+    """Train Mask R-CNN on ``backbone``; returns ``(model, DetectionTraining, val_losses)``.
+    Without a ``checkpoint_path``, ``checkpoints`` (``run.checkpoints``) keeps and resumes
+    the training."""
+    k = recipe(settings, backbone)
     model, result = mc.train_model("mask_rcnn", {"train": splits["train"]}, k, device, seed,
-                                   checkpoint_path=checkpoint_path, progress=progress)
+                                   checkpoint_path=checkpoint_path, checkpoints=checkpoints,
+                                   progress=progress)
     val_loader = mc.make_loader(splits["val"], k, False, True, seed)
     val = detection_val_loss(model, val_loader, device)
     return model, result, val
@@ -149,11 +157,12 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str],
 
 
 def evaluate_backbone(model: torch.nn.Module, splits: Mapping[str, dict],
-                      knobs: Mapping[str, Any], device: Any = "cpu") -> dict[str, Any]:
-    """Table 4 metrics on ``val`` and Table 5 metrics on ``test``; also the test
-    predictions, the confusion matrix and the inference speed."""
-    thr = float(knobs["threshold"])
-    k = {**knobs, "score_threshold": thr}
+                      settings: MaskrcnnBackbonesConfig, device: Any = "cpu") -> dict[str, Any]:
+    """Table 4 metrics on ``val`` and Table 5 metrics on ``test`` (detections scoring
+    >= ``threshold``); also the test predictions, the confusion matrix and the inference
+    speed."""
+    thr = float(settings.threshold)
+    k = replace(recipe(settings, model.backbone_name), score_threshold=thr)
     val_ev = mc.evaluate_model(model, splits["val"], k, device)
     test_ev = mc.evaluate_model(model, splits["test"], k, device)
     segm = val_ev.segm if val_ev.segm is not None else val_ev.bbox

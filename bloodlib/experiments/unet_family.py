@@ -22,6 +22,7 @@ Choices made here (the paper does not say, or we differ):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ from .configs import UnetFamilyConfig
 from ..data.masks import read_label_mask
 from ..data.records import MaskedImage
 from . import wbc_segmentation as wcs
+from ..engine.checkpoint import Checkpoints
 from ..engine.tta import tta_probabilities
 from ..metrics.segmentation import SegmentationMeter
 from ..results import paper_table
@@ -48,6 +50,9 @@ TABLE5_METRICS = ("IoU", "recall", "accuracy")
 
 _COMMON = {"models": list(MODELS), "num_classes": 2, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
+           # paper 5's augmentation on a share of the images (Keras: all), plus extras
+           "augment_p": 1.0, "vertical_flip": False, "color_jitter": 0.0,
+           "early_stopping_patience": None,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0, "lr_schedule": "cosine",
            "min_lr_factor": 0.05, "channels_last": True, "tta": None, "lr_by_model": {}}
 register(EXPERIMENT, schema=UnetFamilyConfig, profiles={
@@ -90,21 +95,21 @@ def evaluate_loader(model: torch.nn.Module, loader: Any, device: Any,
 
 
 def train_model(name: str, train: Sequence[MaskedImage], val: Sequence[MaskedImage],
-                knobs: Mapping[str, Any], device: Any = "cpu", seed: int = 0,
-                checkpoint_dir: Any = None):
+                settings: UnetFamilyConfig, device: Any = "cpu", seed: int = 0,
+                checkpoints: Optional[Checkpoints] = None):
     """Train one of :data:`MODELS` on whole-cell masks; returns ``(model, history,
     validation metrics)`` (the epoch with the best validation IoU is kept). The learning
-    rate is ``knobs["lr_by_model"][name]`` where given, else ``knobs["lr"]``."""
-    knobs = {**knobs, "lr": (knobs.get("lr_by_model") or {}).get(name, knobs["lr"])}
-    return wcs.train_model(name, train, val, knobs, device, seed, checkpoint_dir,
+    rate is ``settings.lr_by_model[name]`` where given, else ``settings.lr``."""
+    settings = replace(settings, lr=(settings.lr_by_model or {}).get(name, settings.lr))
+    return wcs.train_model(name, train, val, settings, device, seed, checkpoints,
                            dataset="cellavision", decode=whole_cell_mask,
                            evaluator=evaluate_loader, monitor="val_IoU", classes=CLASS_NAMES)
 
 
-def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapping[str, Any],
+def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], settings: UnetFamilyConfig,
              device: Any = "cpu") -> dict[str, float]:
     """Table 5's metrics (and precision, Dice) of ``model`` on ``records``."""
-    return wcs.evaluate(model, records, knobs, device, decode=whole_cell_mask,
+    return wcs.evaluate(model, records, settings, device, decode=whole_cell_mask,
                         evaluator=evaluate_loader)
 
 
@@ -128,11 +133,11 @@ def table5(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 
 @torch.no_grad()
 def qualitative_figure(models: Mapping[str, torch.nn.Module], records: Sequence[MaskedImage],
-                       knobs: Mapping[str, Any], n: int = 4, seed: int = 0):
+                       settings: UnetFamilyConfig, n: int = 4, seed: int = 0):
     """Paper 4's Figure 8: image, ground truth and each model's WBC mask per row."""
     import matplotlib.pyplot as plt
     recs = wcs.take_subset(records, n, seed)
-    ds = wcs.make_dataset(recs, knobs, train=False, decode=whole_cell_mask)
+    ds = wcs.make_dataset(recs, settings, train=False, decode=whole_cell_mask)
     images, masks = zip(*(ds[i] for i in range(len(ds))))
     batch = torch.stack(images)
     preds = {name: predict_segmentation(m, batch) for name, m in models.items()}

@@ -42,6 +42,7 @@ from ...data.splits import subset_coco
 from ...metrics.detection import detection_roc
 from .settings import (DATASET_LABELS, EXPERIMENT, LIGHT_HEADS, MASK_MODELS, MODEL_LABELS,
                        MODELS, PAPER, TABLE_METRICS, TORCHVISION_MODELS)
+from .recipe import DetectorRecipe
 from .data import (add_masks, class_names, load_pbc_splits, load_splits, make_loader,
                    preprocess_images, split_coco)
 from .evaluate import (evaluate_model, evaluate_yolo_model, Evaluation,
@@ -55,7 +56,7 @@ from .figures import (_gt_sample, ablation_figure, comparison_figure, confusion_
                       dataset_figure, loss_figure, pr_comparison_figure, pr_figure,
                       preprocessing_figure, roc_figure, side_by_side_figure)
 
-__all__ = ['subset_coco', 'detection_roc', 'DATASET_LABELS', 'EXPERIMENT', 'LIGHT_HEADS',
+__all__ = ['DetectorRecipe', 'subset_coco', 'detection_roc', 'DATASET_LABELS', 'EXPERIMENT', 'LIGHT_HEADS',
            'MASK_MODELS', 'MODEL_LABELS', 'MODELS', 'PAPER', 'TABLE_METRICS',
            'TORCHVISION_MODELS', 'add_masks', 'class_names', 'load_pbc_splits',
            'load_splits', 'make_loader', 'preprocess_images', 'split_coco', 'evaluate_model',

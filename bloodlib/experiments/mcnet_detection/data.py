@@ -21,6 +21,8 @@ from ...data.parsers.pbc import load_pbc, PBC_CLASSES
 from ...data.records import category_names
 from ...data.datasets import collate_detection, DetectionDataset
 from ...engine.detection import detection_transforms
+from ..configs import McnetConfig
+from .recipe import DetectorRecipe
 
 
 def split_coco(coco: dict, fraction: float, seed: int = 0) -> tuple[dict, dict]:
@@ -34,14 +36,14 @@ def split_coco(coco: dict, fraction: float, seed: int = 0) -> tuple[dict, dict]:
     return rest, part
 
 
-def _synthetic_splits(knobs: Mapping[str, Any], work_dir: Path, seed: int) -> dict[str, dict]:
-    n = int(knobs.get("synthetic_images", 24))
+def _synthetic_splits(settings: McnetConfig, work_dir: Path, seed: int) -> dict[str, dict]:
+    n = int(settings.synthetic_images)
     sizes = {"train": n, "val": max(2, n // 4), "test": max(4, n // 3)}
     return {s: write_detection_set(work_dir / "synthetic_smears" / s, k, seed + i, split=s)
             for i, (s, k) in enumerate(sizes.items())}
 
 
-def load_splits(dataset: str, knobs: Mapping[str, Any], work_dir: Any, seed: int = 0
+def load_splits(dataset: str, settings: McnetConfig, work_dir: Any, seed: int = 0
                 ) -> tuple[dict[str, dict], str]:
     """``({"train", "val", "test"}: COCO dict), source)`` for ``dataset`` ("bccd",
     "txl_pbc"), subset to the profile's ``max_*_images``; synthetic smears (source
@@ -53,17 +55,19 @@ def load_splits(dataset: str, knobs: Mapping[str, Any], work_dir: Any, seed: int
             splits = {s: load_bccd(s) for s in ("train", "val", "test")}
         elif dataset == "txl_pbc":
             from ...data.parsers.txl_pbc import load_txl_pbc
-            train, val = split_coco(load_txl_pbc("train"), float(knobs["txl_val_fraction"]), seed)
+            train, val = split_coco(load_txl_pbc("train"), float(settings.txl_val_fraction), seed)
             splits = {"train": train, "val": val, "test": load_txl_pbc("val")}
         else:
             raise ValueError(f"Unknown detection dataset {dataset!r}; use 'bccd' or 'txl_pbc'.")
         source = dataset
     except DatasetNotFoundError as exc:
         warnings.warn(f"{dataset}: {exc} Using synthetic smears instead.", stacklevel=2)
-        splits, source = _synthetic_splits(knobs, work_dir, seed), "synthetic"
+        splits, source = _synthetic_splits(settings, work_dir, seed), "synthetic"
     out = {}
+    caps = {"train": settings.max_train_images, "val": settings.max_val_images,
+            "test": settings.max_test_images}
     for i, s in enumerate(("train", "val", "test")):
-        n = knobs.get(f"max_{s}_images")
+        n = caps[s]
         out[s] = subset_coco(splits[s], None if n is None else int(n), seed + i)
     return out, source
 
@@ -100,13 +104,12 @@ def preprocess_images(splits: Mapping[str, dict], preprocessing: Optional[Mappin
     return out
 
 
-def load_pbc_splits(knobs: Mapping[str, Any], work_dir: Any, seed: int = 0,
-                    per_class: Optional[Mapping[str, int]] = None) -> tuple[dict[str, dict], str]:
-    """Paper 1's PBC experiment: per-class splits (``per_class``, default the profile's
-    ``pbc_per_class``, e.g. ``{"train": 300, "val": 100, "test": 100}``; None = 80/20 of
+def load_pbc_splits(per_class: Optional[Mapping[str, int]], work_dir: Any, seed: int = 0
+                    ) -> tuple[dict[str, dict], str]:
+    """Paper 1's PBC experiment: per-class splits (``per_class``, e.g. the profile's
+    ``pbc.per_class`` or ``{"train": 300, "val": 100, "test": 100}``; None = 80/20 of
     every image) auto-annotated by :func:`bloodlib.autolabel.autolabel_pbc`. Synthetic
-    single-cell crops when PBC is not on disk."""
-    per_class = per_class if per_class is not None else knobs.get("pbc_per_class")
+    single-cell crops in ``work_dir`` when PBC is not on disk."""
     try:
         need = None if per_class is None else sum(int(v) for v in per_class.values())
         records, source = load_pbc(classes=PBC_CLASSES, max_per_class=need, seed=seed), "pbc"
@@ -134,13 +137,13 @@ def class_names(coco: dict) -> list[str]:
     return category_names(coco)
 
 
-def make_loader(coco: dict, knobs: Mapping[str, Any], train: bool, with_masks: bool,
+def make_loader(coco: dict, recipe: DetectorRecipe, train: bool, with_masks: bool,
                 seed: int = 0, batch_size: Optional[int] = None) -> DataLoader:
     """A DataLoader of :class:`DetectionDataset` (flips when ``train``)."""
-    tf = detection_transforms(train, float(knobs.get("hflip", 0.5)),
-                              float(knobs.get("vflip", 0.5))) if train else None
+    tf = detection_transforms(train, float(recipe.hflip),
+                              float(recipe.vflip)) if train else None
     ds = DetectionDataset(coco, tf, with_masks=with_masks)
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=int(batch_size or knobs["batch_size"]), shuffle=train,
+    return DataLoader(ds, batch_size=int(batch_size or recipe.batch_size), shuffle=train,
                       generator=g, collate_fn=collate_detection,
-                      num_workers=int(knobs.get("num_workers", 0)))
+                      num_workers=int(recipe.num_workers))

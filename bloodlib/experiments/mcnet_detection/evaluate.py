@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,8 @@ from ...engine.detection import evaluate_detector, predict_coco
 from ...metrics.detection import detection_confusion_matrix, precision_recall_f1
 from ...yolo import predict_coco_yolo
 from ...data.convert import mask_to_rle, polygons_to_mask
+from ..configs import McnetConfig
+from .recipe import DetectorRecipe
 from .data import make_loader
 
 
@@ -58,9 +60,12 @@ class Evaluation:
         return {k: float(v) for k, v in out.items()}
 
 
-def evaluation_from_predictions(gt: dict, predictions: Sequence[dict], knobs: Mapping[str, Any],
+def evaluation_from_predictions(gt: dict, predictions: Sequence[dict],
+                                score_threshold: float = 0.5, iou_threshold: float = 0.5,
                                 seconds: float = float("nan")) -> Evaluation:
-    """Score COCO ``predictions`` against ``gt`` (box; masks too when present)."""
+    """Score COCO ``predictions`` against ``gt`` (box; masks too when present); precision,
+    recall and the confusion matrix count detections scoring >= ``score_threshold`` that
+    overlap a box by IoU >= ``iou_threshold``."""
     preds = list(predictions)
     bbox = evaluate_detector(None, None, gt, "bbox", predictions=preds)
     segm = segm_cls = None
@@ -71,21 +76,22 @@ def evaluation_from_predictions(gt: dict, predictions: Sequence[dict], knobs: Ma
         if any("mask_iou" in p for p in preds):
             segm_cls = evaluate_detector(None, None, gt, "segm", predictions=preds,
                                          use_mask_scores=False)
-    thr, iou = float(knobs.get("score_threshold", 0.5)), float(knobs.get("iou_threshold", 0.5))
+    thr, iou = float(score_threshold), float(iou_threshold)
     prf = precision_recall_f1(gt, preds, thr, iou)
     cm, labels = detection_confusion_matrix(gt, preds, thr, iou)
     return Evaluation(preds, bbox, segm, segm_cls, prf, cm, labels, seconds, len(gt["images"]))
 
 
-def evaluate_model(model: torch.nn.Module, gt: dict, knobs: Mapping[str, Any],
+def evaluate_model(model: torch.nn.Module, gt: dict, recipe: DetectorRecipe,
                    device: Any = "cpu") -> Evaluation:
     """Predict ``gt``'s images with a torchvision detector and score them."""
-    loader = make_loader(gt, knobs, False, False, batch_size=1)
+    loader = make_loader(gt, recipe, False, False, batch_size=1)
     t0 = time.perf_counter()
     preds = predict_coco(model, loader, device)
     seconds = time.perf_counter() - t0
     _attach_mask_iou(model, preds)
-    return evaluation_from_predictions(gt, preds, knobs, seconds)
+    return evaluation_from_predictions(gt, preds, recipe.score_threshold, recipe.iou_threshold,
+                                       seconds)
 
 
 def _attach_mask_iou(model: torch.nn.Module, preds: list[dict]) -> None:
@@ -97,13 +103,14 @@ def _attach_mask_iou(model: torch.nn.Module, preds: list[dict]) -> None:
                 p["mask_iou"] = float(min(1.0, p["mask_score"] / p["score"]))
 
 
-def evaluate_yolo_model(yolo_model: Any, gt: dict, knobs: Mapping[str, Any], device: Any = "cpu",
+def evaluate_yolo_model(yolo_model: Any, gt: dict, settings: McnetConfig, device: Any = "cpu",
                         imgsz: Optional[int] = None) -> Evaluation:
     """Predict ``gt``'s images with a YOLO model, convert to COCO results, score them."""
     t0 = time.perf_counter()
-    preds = predict_coco_yolo(yolo_model, gt, imgsz=int(imgsz or knobs["yolo_imgsz"]),
+    preds = predict_coco_yolo(yolo_model, gt, imgsz=int(imgsz or settings.yolo.imgsz),
                               device=device)
-    return evaluation_from_predictions(gt, preds, knobs, time.perf_counter() - t0)
+    return evaluation_from_predictions(gt, preds, settings.score_threshold,
+                                       settings.iou_threshold, time.perf_counter() - t0)
 
 
 def mask_iou_calibration(gt: dict, predictions: Sequence[dict], score_threshold: float = 0.3

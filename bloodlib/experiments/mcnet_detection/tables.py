@@ -13,6 +13,8 @@ from ...results import compare_with_paper, paper_table, pretrained_vs_scratch
 from ...results import reference_table as table
 from ...models.segmentation_zoo import count_parameters
 from .settings import DATASET_LABELS, EXPERIMENT, MODEL_LABELS, PAPER, TABLE_METRICS
+from ..configs import McnetConfig
+from .recipe import DetectorRecipe
 from .evaluate import Evaluation
 from .train import build_model
 
@@ -46,18 +48,18 @@ def split_counts(splits: Mapping[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def parameter_table(knobs: Mapping[str, Any], num_classes: int) -> pd.DataFrame:
+def parameter_table(settings: McnetConfig, num_classes: int) -> pd.DataFrame:
     """Parameters of each torchvision model at the profile's settings (and YOLO's)."""
     rows = []
-    for name in knobs["models"]:
+    for name in settings.models:
         if name == "yolov9":
             from ...yolo import build_yolo
-            net = build_yolo(knobs.get("yolo_model", "yolov9t"), pretrained=False).model
-            rows.append({"model": MODEL_LABELS[name], "backbone": knobs.get("yolo_model"),
+            net = build_yolo(settings.yolo.model, pretrained=False).model
+            rows.append({"model": MODEL_LABELS[name], "backbone": settings.yolo.model,
                          "parameters": count_parameters(net)})
         else:
-            m = build_model(name, knobs, num_classes)
-            rows.append({"model": MODEL_LABELS[name], "backbone": knobs["backbone"],
+            m = build_model(name, DetectorRecipe.of(settings), num_classes)
+            rows.append({"model": MODEL_LABELS[name], "backbone": settings.backbone,
                          "parameters": count_parameters(m),
                          "ImageNet backbone": bool(getattr(m, "backbone_pretrained", False))})
     return pd.DataFrame(rows).set_index("model")

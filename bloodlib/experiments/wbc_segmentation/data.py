@@ -20,6 +20,7 @@ from ...data import synthetic
 from ...errors import DatasetNotFoundError
 from ...data.datasets import SegmentationDataset
 from ...transforms.augment import AlbumentationsSegmentation, paper5_augmentation
+from ..configs import SegmentationSettings
 from .settings import EXCLUDED_TYPES, PAPER5_TYPES
 
 
@@ -49,18 +50,20 @@ def paper5_records(which: str = "jiangxi", root: Any = None
     return filter_paper5(load_zheng(which, root))
 
 
-def load_or_synthesize(which: str, knobs: Mapping[str, Any], out_dir: Any, seed: int = 0
+def load_or_synthesize(which: str, out_dir: Any, seed: int = 0, *, synthetic_images: int = 40,
+                       image_size: int = 120
                        ) -> tuple[list[MaskedImage], list[MaskedImage], str]:
-    """``paper5_records(which)``, or when the Zheng data is missing synthetic Zheng-format
-    crops (:func:`bloodlib.data.synthetic.write_segmentation_set`); returns
+    """``paper5_records(which)``, or when the Zheng data is missing ``synthetic_images``
+    synthetic Zheng-format crops of ``image_size`` px in ``out_dir``
+    (:func:`bloodlib.data.synthetic.write_segmentation_set`); returns
     ``(included, excluded, source)`` with source "zheng" or "synthetic"."""
     try:
         inc, exc = paper5_records(which)
         return inc, exc, "zheng"
     except DatasetNotFoundError:
         recs = synthetic.write_segmentation_set(Path(out_dir) / f"synthetic_{which}",
-                                                int(knobs["synthetic_images"]), seed,
-                                                size=int(knobs["image_size"]))
+                                                int(synthetic_images), seed,
+                                                size=int(image_size))
         inc, exc = filter_paper5(recs)
         return inc, exc, "synthetic"
 
@@ -100,12 +103,12 @@ def split_records(records: Sequence[MaskedImage], seed: int = 0, test_fraction: 
                        dict(sorted(small.items())))
 
 
-def train_val_test(records: Sequence[MaskedImage], knobs: Mapping[str, Any],
+def train_val_test(records: Sequence[MaskedImage], settings: SegmentationSettings,
                    seed: int = 0) -> dict[str, list[MaskedImage]]:
     """The notebooks' split: :func:`split_records` 80:20 into train and test (paper 5),
-    then ``knobs["val_fraction"]`` of train for validation, both stratified by label."""
-    outer = split_records(records, seed, 0.2, knobs["min_count"])
-    inner = split_records(outer.train, seed, knobs["val_fraction"], knobs["min_count"])
+    then ``settings.val_fraction`` of train for validation, both stratified by label."""
+    outer = split_records(records, seed, 0.2, settings.min_count)
+    inner = split_records(outer.train, seed, settings.val_fraction, settings.min_count)
     return {"train": inner.train, "val": inner.test, "test": outer.test}
 
 
@@ -135,24 +138,25 @@ def class_counts(parts: Mapping[str, Sequence[MaskedImage]]) -> pd.DataFrame:
     return df
 
 
-def make_dataset(records: Sequence[MaskedImage], knobs: Mapping[str, Any], train: bool = False,
+def make_dataset(records: Sequence[MaskedImage], settings: SegmentationSettings, train: bool = False,
                  seed: int = 0, decode: Optional[Callable[[MaskedImage], np.ndarray]] = None):
     """A :class:`SegmentationDataset` with paper 5's masks (or ``decode``'s), resized to
-    ``image_size``; with ``train`` and ``knobs["augment"]`` paper 5's augmentation, applied
+    ``image_size``; with ``train`` and ``settings.augment`` paper 5's augmentation, applied
     to a share ``augment_p`` of the images (default 1.0: every image, as Keras does), with
     the optional extras ``vertical_flip`` and ``color_jitter`` (off by default)."""
     tf = None
-    if train and knobs.get("augment", True):
+    if train and settings.augment:
         tf = AlbumentationsSegmentation(paper5_augmentation(
-            p=float(knobs.get("augment_p", 1.0)), shear=knobs.get("shear", 0.2), seed=seed,
-            vertical_flip=bool(knobs.get("vertical_flip", False)),
-            color_jitter=float(knobs.get("color_jitter", 0.0))))
+            p=float(settings.augment_p), shear=settings.shear, seed=seed,
+            vertical_flip=bool(settings.vertical_flip),
+            color_jitter=float(settings.color_jitter)))
     return SegmentationDataset(records, decode=decode or paper5_mask, transforms=tf,
-                               size=int(knobs["image_size"]))
+                               size=int(settings.image_size))
 
 
-def _loader(records, knobs, train: bool, seed: int, decode=None) -> DataLoader:
+def _loader(records: Sequence[MaskedImage], settings: SegmentationSettings, train: bool,
+            seed: int, decode=None) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(make_dataset(records, knobs, train, seed, decode),
-                      batch_size=int(knobs["batch_size"]),
-                      shuffle=train, generator=g, num_workers=int(knobs.get("num_workers", 0)))
+    return DataLoader(make_dataset(records, settings, train, seed, decode),
+                      batch_size=int(settings.batch_size),
+                      shuffle=train, generator=g, num_workers=int(settings.num_workers))

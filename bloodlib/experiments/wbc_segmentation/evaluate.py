@@ -11,6 +11,7 @@ from ...results import finite_metrics
 from ...data.records import MaskedImage
 from ...engine.tta import tta_probabilities
 from ...metrics.segmentation import SegmentationMeter
+from ..configs import SegmentationSettings
 from .settings import CLASS_NAMES
 from .data import _loader
 
@@ -53,12 +54,12 @@ def _evaluate_loader(model, loader, device, tta: Optional[str] = None) -> dict[s
     return paper5_metrics(multi.compute(), nuc.compute())
 
 
-def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], knobs: Mapping[str, Any],
+def evaluate(model: torch.nn.Module, records: Sequence[MaskedImage], settings: SegmentationSettings,
              device: Any = "cpu", decode=None, evaluator=None) -> dict[str, float]:
     """Table 1's metrics (and extras) of ``model`` on ``records``, pooled over all pixels,
-    with the profile's test-time augmentation ``knobs["tta"]`` (another task: its mask
+    with the profile's test-time augmentation ``settings.tta`` (another task: its mask
     ``decode`` and ``evaluator(model, loader, device, tta)``)."""
     device = torch.device(device)
     model.to(device)
-    return (evaluator or _evaluate_loader)(model, _loader(records, knobs, False, 0, decode), device,
-                                           knobs.get("tta"))
+    return (evaluator or _evaluate_loader)(model, _loader(records, settings, False, 0, decode), device,
+                                           settings.tta)

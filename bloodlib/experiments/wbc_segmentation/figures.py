@@ -17,6 +17,8 @@ from ...transforms.augment import single_augmentations
 from ...io import read_image
 from .settings import CLASS_NAMES, DATASET_LABELS, MODEL_LABELS, PAPER5_COLORS
 from .errors import _predict_records, nucleus_masks
+from ...config import get_config
+from ..configs import SegmentationSettings
 from .data import paper5_mask, take_subset
 from .cross import wbc_crop
 
@@ -94,13 +96,15 @@ def convergence_figure(histories: Mapping[str, Mapping[str, Any]], key: str = "v
 
 @torch.no_grad()
 def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n: int = 4,
-                       knobs: Optional[Mapping[str, Any]] = None, seed: int = 0, title: str = ""):
+                       settings: Optional[SegmentationSettings] = None, seed: int = 0,
+                       title: str = ""):
     """Paper 5's Figure 7: original / ground truth / prediction (paper colours) for ``n``
-    records (round-robin over the types), at the model's input size."""
+    records (round-robin over the types), at the input size of ``settings`` (default:
+    ``bench_cpu``'s 120 px)."""
     import matplotlib.pyplot as plt
-    knobs = knobs or {"image_size": 120, "batch_size": 16}
+    settings = settings or get_config("wcsegnet", "bench_cpu")
     recs = take_subset(records, n, seed)
-    images, masks, preds = _predict_records(model, recs, knobs)
+    images, masks, preds = _predict_records(model, recs, settings)
     fig, axes = plt.subplots(len(recs), 3, figsize=(6.3, 2.1 * len(recs)), squeeze=False)
     for i, r in enumerate(recs):
         for ax, im, t in zip(axes[i], (images[i].permute(1, 2, 0).numpy(),
@@ -113,11 +117,11 @@ def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n
 
 
 def worst_images_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
-                        knobs: Mapping[str, Any], n: int = 4, device: Any = None, title: str = ""):
+                        settings: SegmentationSettings, n: int = 4, device: Any = None, title: str = ""):
     """The ``n`` records with the lowest nucleus Dice: the image with the annotated nucleus
     outline (green) and the predicted one (red)."""
     import matplotlib.pyplot as plt
-    images, truth, pred = nucleus_masks(model, records, knobs, device)
+    images, truth, pred = nucleus_masks(model, records, settings, device)
     inter = (truth & pred).flatten(1).sum(1).double()
     total = (truth.flatten(1).sum(1) + pred.flatten(1).sum(1)).double()
     dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))

@@ -20,6 +20,10 @@ DATASET_LABELS = {"jiangxi": "Jiangxi", "cellavision": "CellaVision"}
 TABLE1_METRICS = ("accuracy", "precision", "dice", "mIoU")
 _COMMON = {"models": list(MODELS), "num_classes": 4, "optimizer": "adam",
            "loss": "categorical_cross_entropy", "augment": True, "shear": 0.2,
+           # paper 5's augmentation on a share of the images (Keras: all), plus extras
+           "augment_p": 1.0, "vertical_flip": False, "color_jitter": 0.0,
+           # WCSegNet's dropout rate (None: the architecture's own)
+           "wcsegnet_dropout": None,
            "val_fraction": 0.15, "min_count": 2, "num_workers": 0,
            "lr_schedule": "constant", "min_lr_factor": 0.01, "crop_fill": 0.6,
            "channels_last": True, "tta": None,

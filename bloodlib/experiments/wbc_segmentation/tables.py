@@ -9,17 +9,18 @@ import pandas as pd
 from ...results import (compare_with_paper, paper_table, pretrained_vs_scratch,
                         reference_table as table)
 from ...models.segmentation_zoo import count_parameters
-from .settings import DATASET_LABELS, EXPERIMENT, MODEL_LABELS, MODELS, PAPER, TABLE1_METRICS
+from ..configs import SegmentationSettings
+from .settings import DATASET_LABELS, EXPERIMENT, MODEL_LABELS, PAPER, TABLE1_METRICS
 from .train import build_model
 
 
-def parameter_table(knobs: Mapping[str, Any], widths: Sequence[float] = ()) -> pd.DataFrame:
+def parameter_table(settings: SegmentationSettings, widths: Sequence[float] = ()) -> pd.DataFrame:
     """Parameters of every model at the profile's width and at ``widths`` (e.g. 1.0)."""
-    ws = list(dict.fromkeys([float(knobs["width"]), *map(float, widths)]))
+    ws = list(dict.fromkeys([float(settings.width), *map(float, widths)]))
     rows = []
-    for name in knobs.get("models", MODELS):
+    for name in settings.models:
         rows.append({"model": MODEL_LABELS.get(name, name),
-                     **{f"params @ width {w:g}": count_parameters(build_model(name, knobs, w))
+                     **{f"params @ width {w:g}": count_parameters(build_model(name, settings, w))
                         for w in ws}})
     return pd.DataFrame(rows).set_index("model")
 
