@@ -332,10 +332,11 @@ def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def pretrained_vs_scratch(experiment: str, metric: str, reference_dir: Any = None,
                           paper: Optional[Mapping[str, float]] = None) -> pd.DataFrame:
     """The committed side-by-side runs of ``experiment`` (benchmark profiles): one row per
-    dataset, model, backbone, input size, step count and loss that has runs with ImageNet weights and from scratch
-    (``extra["pretrained_loaded"]`` or ``extra["pretrained"]``), with ``metric`` of each
-    (the mean where there are repeats, and their count), the gain, and ``paper[dataset]``
-    (the paper's figure, in the same unit) where given."""
+    dataset, model, backbone, input size, step count, loss and variant (its name without
+    "ImageNet" / "scratch": :func:`pair_name`) that has runs with ImageNet weights and from
+    scratch (``extra["pretrained_loaded"]`` or ``extra["pretrained"]``), with ``metric`` of
+    each (the mean where there are repeats, and their count), the gain, and
+    ``paper[dataset]`` (the paper's figure, in the same unit) where given."""
     folder = Path(reference_dir) if reference_dir is not None else REFERENCE_DIR
     buckets: dict[tuple, dict[bool, list[float]]] = {}
     for r in (load_results(folder) if folder.is_dir() else []):
@@ -346,22 +347,35 @@ def pretrained_vs_scratch(experiment: str, metric: str, reference_dir: Any = Non
             continue
         config = r.get("config") or {}
         key = (r["dataset"], r.get("model") or "-", config.get("backbone"),
-               config.get("image_size"), config.get("iterations"), config.get("loss"))
+               config.get("image_size"), config.get("iterations"), config.get("loss"),
+               pair_name(extra.get("variant")))
         buckets.setdefault(key, {True: [], False: []})[bool(pre)].append(r["metrics"][metric])
     rows = []
-    for (dataset, model, backbone, size, steps, loss), runs in sorted(
+    for (dataset, model, backbone, size, steps, loss, variant), runs in sorted(
             buckets.items(), key=lambda kv: (str(kv[0][:3]), kv[0][3] or 0, kv[0][4] or 0,
-                                             str(kv[0][5]))):
+                                             str(kv[0][5]), kv[0][6])):
         if runs[True] and runs[False]:
             ours_in, ours_sc = float(np.mean(runs[True])), float(np.mean(runs[False]))
             label = model + (f" ({backbone})" if backbone else "") + (f", {steps} steps" if steps else "") \
                 + (f", {loss}" if loss else "")
-            rows.append({"dataset": dataset, "model": label, "input px": size,
+            rows.append({"dataset": dataset, "model": label, "variant": variant,
+                         "input px": size,
                          f"{metric}, ImageNet": ours_in, f"{metric}, scratch": ours_sc,
                          "gain": ours_in - ours_sc, "runs": f"{len(runs[True])} + {len(runs[False])}",
                          "paper": (paper or {}).get(dataset, np.nan)})
-    return pd.DataFrame(rows, columns=["dataset", "model", "input px", f"{metric}, ImageNet",
-                                       f"{metric}, scratch", "gain", "runs", "paper"])
+    return pd.DataFrame(rows, columns=["dataset", "model", "variant", "input px",
+                                       f"{metric}, ImageNet", f"{metric}, scratch", "gain",
+                                       "runs", "paper"])
+
+
+def pair_name(variant: Optional[str]) -> str:
+    """The name two runs of a pretrained-vs-scratch pair share, and repeats of them: their
+    variant without the words "ImageNet" and "scratch" and without "repeat N" / "seed N"
+    (``"Lite0 ImageNet, 2 x 50 min"`` and ``"Lite0 scratch, 2 x 50 min, repeat 2"`` ->
+    ``"Lite0, 2 x 50 min"``); "" without a variant."""
+    name = re.sub(r"\b(imagenet|scratch|(repeat|seed) \d+)\b", "", variant or "",
+                  flags=re.IGNORECASE)
+    return re.sub(r"\s+", " ", name).replace(" ,", ",").strip(" ,")
 
 
 def invocation() -> str:

@@ -112,3 +112,23 @@ def test_none_is_a_value_where_the_schema_allows_it():
     assert config.get_profile("mcnet", "bench_cpu", time_budget_s=None)["time_budget_s"] is None
     with pytest.raises(SettingError, match="iterations"):
         config.get_profile("mcnet", "quick", iterations=None)
+
+
+def test_experiment_functions_take_typed_settings_not_flat_knobs():
+    """Issue 26: no function of an experiment takes the flat ``knobs`` mapping; they take the
+    experiment's typed settings (``settings.yolo.epochs``)."""
+    import ast
+    from pathlib import Path
+
+    import bloodlib.experiments
+    root = Path(bloodlib.experiments.__file__).parent
+    flat = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.args + node.args.kwonlyargs
+                flat += [f"{path.relative_to(root)}:{node.name}" for a in args
+                         if a.arg == "knobs" or (a.annotation is not None and
+                                                 "Mapping[str, Any]" in ast.unparse(a.annotation)
+                                                 and a.arg == "settings")]
+    assert flat == []

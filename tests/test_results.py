@@ -234,10 +234,16 @@ def test_pretrained_vs_scratch_pairs_the_side_by_side_runs(tmp_path):
                         model="efficientnet_lite0",
                         extra={"pretrained_loaded": pre, "variant": variant or f"{pre} {acc}"})
         write_result(r, tmp_path)
-    run(True, 0.98), run(True, 0.96), run(False, 0.95), run(True, 0.9, size=128)
+    run(True, 0.98, variant="Lite0 ImageNet"), run(True, 0.96, variant="Lite0 ImageNet, repeat 2")
+    run(False, 0.95, variant="Lite0 scratch"), run(True, 0.9, size=128)
+    run(True, 0.99, variant="Lite0 ImageNet, 2 x 50 min")  # another protocol: no scratch twin
     table = pretrained_vs_scratch("wbc_classification", "accuracy", tmp_path,
                                   paper={"pbc_paper1_80_20": 0.99})
-    assert len(table) == 1  # 128 px has no scratch run
+    assert len(table) == 1  # 128 px and the longer run have no scratch run
     row = table.iloc[0]
     assert row["accuracy, ImageNet"] == pytest.approx(0.97) and row["runs"] == "2 + 1"
     assert row["gain"] == pytest.approx(0.02) and row["paper"] == 0.99
+    assert row["variant"] == "Lite0"
+    run(False, 0.97, variant="Lite0 scratch, 2 x 50 min")
+    longer = pretrained_vs_scratch("wbc_classification", "accuracy", tmp_path).set_index("variant")
+    assert longer.loc["Lite0, 2 x 50 min", "gain"] == pytest.approx(0.02)

@@ -162,7 +162,7 @@ def evaluate_backbone(model: torch.nn.Module, splits: Mapping[str, dict],
     >= ``threshold``); also the test predictions, the confusion matrix and the inference
     speed."""
     thr = float(settings.threshold)
-    k = replace(recipe(settings, model.backbone_name), score_threshold=thr)
+    k = replace(recipe(settings, model.backbone.backbone_name), score_threshold=thr)
     val_ev = mc.evaluate_model(model, splits["val"], k, device)
     test_ev = mc.evaluate_model(model, splits["test"], k, device)
     segm = val_ev.segm if val_ev.segm is not None else val_ev.bbox

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import matplotlib.pyplot as plt
 
 from ..config import register
 from .configs import UnetFamilyConfig
@@ -135,7 +136,6 @@ def table5(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 def qualitative_figure(models: Mapping[str, torch.nn.Module], records: Sequence[MaskedImage],
                        settings: UnetFamilyConfig, n: int = 4, seed: int = 0):
     """Paper 4's Figure 8: image, ground truth and each model's WBC mask per row."""
-    import matplotlib.pyplot as plt
     recs = wcs.take_subset(records, n, seed)
     ds = wcs.make_dataset(recs, settings, train=False, decode=whole_cell_mask)
     images, masks = zip(*(ds[i] for i in range(len(ds))))

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyBboxPatch
 
 from ...models.rmaskrcnn import attention_maps
 from ...models.rens_gan import degrade, random_crops
@@ -22,8 +24,6 @@ from .train import TrainLog
 # ============================================================================ figures
 def pipeline_figure() -> Any:
     """Paper 3's Figure 1 as we run it: augmentation, segmentation, classification."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
     steps = [("Bone-marrow image", "SegPC-2021\n(stand-in for\nMiMM_SBILab)"),
              ("RENS-GAN", "noise suppression\n+ 2x resolution\n(augmentation)"),
              ("R-Mask R-CNN", "backbone -> FPN-AM\n-> B-U-AM -> RPN/RoI\n-> multi-scale mask head"),
@@ -52,7 +52,6 @@ def attention_figure(model: nn.Module, image: torch.Tensor, n_channels: int = 3)
     """Paper 3's Figures 4-5 for a trained R-Mask R-CNN with CA-SA: the image, the spatial
     attention maps of F2 (FPN-AM) and N3 (B-U-AM), the channel weights of F2, and F2's
     most and least weighted channels."""
-    import matplotlib.pyplot as plt
     maps = attention_maps(model, image)
     ca, sa = maps.get("fpn.fpn_attention.0.0"), maps.get("fpn.fpn_attention.0.1")
     sa_n3 = maps.get("fpn.bu_attention.0.1")
@@ -95,7 +94,6 @@ def gan_figure(gan: Any, images: Sequence[np.ndarray], history: Any, settings: B
                seed: int = 0) -> Any:
     """RENS-GAN before/after on crops of ``images`` (original, degraded input, generated)
     and the training losses."""
-    import matplotlib.pyplot as plt
     crop = 2 * int(settings.gan.crop)
     real = random_crops(images, 3, min(crop, *(min(i.shape[:2]) for i in images)),
                         np.random.default_rng(seed))
@@ -124,7 +122,6 @@ def gan_figure(gan: Any, images: Sequence[np.ndarray], history: Any, settings: B
 
 def training_figure(logs: Mapping[str, TrainLog]) -> Any:
     """Training loss per step (smoothed) of each model."""
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, log in logs.items():
         df = log.to_frame()
@@ -139,7 +136,6 @@ def training_figure(logs: Mapping[str, TrainLog]) -> Any:
 def outcomes_figure(ev: EvalSet, preds: Mapping[str, Sequence[Prediction]], n: int = 3,
                     score_threshold: float = 0.5) -> Any:
     """Paper 3's Figure 11: image, ground truth and each method's cells on ``n`` images."""
-    import matplotlib.pyplot as plt
     n = min(n, len(ev.images))
     cols = ["image", "ground truth", *preds]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 2.5 * n), squeeze=False)
@@ -160,7 +156,6 @@ def outcomes_figure(ev: EvalSet, preds: Mapping[str, Sequence[Prediction]], n: i
 
 def ablation_figure(df: pd.DataFrame) -> Any:
     """Bars of cell IoU and segm AP50 per variant."""
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(df) + 1.8))
     for ax, col in zip(axes, ("cell_iou", "segm_AP50")):
         bars = ax.barh(df.index[::-1], df[col][::-1].astype(float), color="tab:blue")
@@ -175,7 +170,6 @@ def ablation_figure(df: pd.DataFrame) -> Any:
 
 def table1_figure(df: pd.DataFrame) -> Any:
     """Table I as bars: paper vs ours for IoU, PA and RMSE, one group per model."""
-    import matplotlib.pyplot as plt
     metrics = [("IoU", "IoU (%)"), ("pixel_accuracy", "PA (%)"), ("rmse", "RMSE (%)")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, (key, label) in zip(axes, metrics):

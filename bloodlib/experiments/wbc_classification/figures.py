@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+import matplotlib.pyplot as plt
 
 from ...inference.classification import images_to_tensor
 from ...models.classifiers import segment_cell, shape_features
@@ -26,7 +27,6 @@ from .train import Trained
 def samples_figure(data: CellImages, classes: Sequence[str], per_class: int = 2, seed: int = 0,
                    title: str = ""):
     """``per_class`` random images of each class, one column per class."""
-    import matplotlib.pyplot as plt
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(per_class, len(classes), figsize=(1.6 * len(classes), 1.7 * per_class),
                              squeeze=False)
@@ -45,7 +45,6 @@ def samples_figure(data: CellImages, classes: Sequence[str], per_class: int = 2,
 
 def augmentation_figure(image: np.ndarray, settings: WbcClassificationConfig, n: int = 7, seed: int = 0):
     """One cell and ``n`` draws of the training augmentation."""
-    import matplotlib.pyplot as plt
     aug = augmentation(settings, seed)
     fig, axes = plt.subplots(1, n + 1, figsize=(1.6 * (n + 1), 1.9))
     axes[0].imshow(image)
@@ -60,7 +59,6 @@ def augmentation_figure(image: np.ndarray, settings: WbcClassificationConfig, n:
 def shape_figure(data: CellImages, classes: Sequence[str], seed: int = 0):
     """What the hybrid's shape branch sees: one image per class over its Otsu mask, with
     a few of the shape descriptors."""
-    import matplotlib.pyplot as plt
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(1, len(classes), figsize=(1.9 * len(classes), 2.4), squeeze=False)
     for ax, c in zip(axes[0], classes):
@@ -77,7 +75,6 @@ def shape_figure(data: CellImages, classes: Sequence[str], seed: int = 0):
 
 def curves_figure(trained: Mapping[str, Trained], title: str = ""):
     """Training loss and validation accuracy per epoch, one line per model."""
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, t in trained.items():
         df = t.history.to_frame()
@@ -122,7 +119,6 @@ def printout(model_label: str, ev: Evaluation, data: CellImages, idx: Sequence[i
 
 def prediction_figure(ev: Evaluation, data: CellImages, idx: Sequence[int]):
     """The printout's images, titled "Identified = CLASS" (red when wrong)."""
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(idx), figsize=(2.6 * len(idx), 3.0), squeeze=False)
     for ax, i in zip(axes[0], idx):
         ok = ev.y_pred[i] == ev.y_true[i]
@@ -136,7 +132,6 @@ def prediction_figure(ev: Evaluation, data: CellImages, idx: Sequence[int]):
 def gradcam_figure(models: Mapping[str, nn.Module], data: CellImages, idx: Sequence[int],
                    classes: Sequence[str]):
     """Grad-CAM of the predicted class: the image, then one overlay per model."""
-    import matplotlib.pyplot as plt
     x = images_to_tensor(data.images[list(idx)])
     fig, axes = plt.subplots(len(idx), len(models) + 1,
                              figsize=(2.0 * (len(models) + 1), 2.0 * len(idx)), squeeze=False)
@@ -160,7 +155,6 @@ def misclassified_figure(ev: Evaluation, data: CellImages, n: int = 8, title: st
                          per_row: int = 8):
     """Up to ``n`` wrongly classified test images, the most confident mistakes first,
     ``per_row`` to a row."""
-    import matplotlib.pyplot as plt
     wrong = ev.wrong
     wrong = wrong[np.argsort(-ev.probs[wrong].max(1))][:n] if len(wrong) else wrong
     cols = max(1, min(len(wrong), per_row))
@@ -180,7 +174,6 @@ def misclassified_figure(ev: Evaluation, data: CellImages, n: int = 8, title: st
 
 def paper_comparison_figure(table: pd.DataFrame, metric: str = "accuracy"):
     """Horizontal bars of ``metric`` (percent) from :func:`pbc8_paper_table`, ours highlighted."""
-    import matplotlib.pyplot as plt
     df = table.dropna(subset=[metric]).copy()
     df["label"] = df["source"] + ": " + df["model"].str.slice(0, 40)
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(df) + 1.2))

@@ -10,6 +10,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 
 from ...data.masks import NUCLEUS, read_label_mask
 from ...data.records import MaskedImage
@@ -32,8 +34,6 @@ def color_mask(mask: np.ndarray) -> np.ndarray:
 
 def _finish_with_legend(fig, title: str, bottom: float):
     """Title, the paper-colour legend below the panels, layout; closed for pyplot."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
     fig.suptitle(title)
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(PAPER5_COLORS, CLASS_NAMES)],
                loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02))
@@ -44,7 +44,6 @@ def _finish_with_legend(fig, title: str, bottom: float):
 
 def samples_figure(records: Sequence[MaskedImage], n: int = 6, seed: int = 0, title: str = ""):
     """Image over paper-coloured mask for ``n`` records (round-robin over the types)."""
-    import matplotlib.pyplot as plt
     recs = take_subset(records, n, seed)
     fig, axes = plt.subplots(2, len(recs), figsize=(2.0 * len(recs), 4.3), squeeze=False)
     for j, r in enumerate(recs):
@@ -58,7 +57,6 @@ def samples_figure(records: Sequence[MaskedImage], n: int = 6, seed: int = 0, ti
 
 def augmentation_figure(rec: MaskedImage, seed: int = 0, shear: float = 0.2):
     """Paper 5's Figure 2: one column per augmentation, image above mask."""
-    import matplotlib.pyplot as plt
     img, mask = read_image(rec.image_path), paper5_mask(rec)
     cols = {"original": (img, mask)}
     for name, t in single_augmentations(shear=shear).items():
@@ -79,7 +77,6 @@ def augmentation_figure(rec: MaskedImage, seed: int = 0, shear: float = 0.2):
 def convergence_figure(histories: Mapping[str, Mapping[str, Any]], key: str = "val_dice"):
     """Validation ``key`` per epoch: one panel per dataset, one line per model
     (paper 5's Figures 5-6 show the loss; both are in the histories)."""
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(histories), figsize=(5.2 * len(histories), 3.6), squeeze=False)
     for ax, (ds, per_model) in zip(axes[0], histories.items()):
         for name, h in per_model.items():
@@ -101,7 +98,6 @@ def qualitative_figure(model: torch.nn.Module, records: Sequence[MaskedImage], n
     """Paper 5's Figure 7: original / ground truth / prediction (paper colours) for ``n``
     records (round-robin over the types), at the input size of ``settings`` (default:
     ``bench_cpu``'s 120 px)."""
-    import matplotlib.pyplot as plt
     settings = settings or get_config("wcsegnet", "bench_cpu")
     recs = take_subset(records, n, seed)
     images, masks, preds = _predict_records(model, recs, settings)
@@ -120,7 +116,6 @@ def worst_images_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
                         settings: SegmentationSettings, n: int = 4, device: Any = None, title: str = ""):
     """The ``n`` records with the lowest nucleus Dice: the image with the annotated nucleus
     outline (green) and the predicted one (red)."""
-    import matplotlib.pyplot as plt
     images, truth, pred = nucleus_masks(model, records, settings, device)
     inter = (truth & pred).flatten(1).sum(1).double()
     total = (truth.flatten(1).sum(1) + pred.flatten(1).sum(1)).double()
@@ -144,7 +139,6 @@ def worst_images_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
 def cross_dataset_figure(model: torch.nn.Module, records: Sequence[MaskedImage],
                          image_size: int, n: int = 4, fill: float = 0.6, title: str = ""):
     """Crops of other smears: image, annotated nucleus, predicted nucleus (any type)."""
-    import matplotlib.pyplot as plt
     recs = list(records)[:n]
     fig, axes = plt.subplots(len(recs), 3, figsize=(6.3, 2.1 * len(recs)), squeeze=False)
     model.eval()
