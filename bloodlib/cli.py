@@ -1,4 +1,7 @@
-"""Command line: ``python -m bloodlib {run,train,bench,fetch,verify,datasets,predict,export,report,zoo,models,board}``."""
+"""Command line: ``python -m bloodlib {run,train,bench,fetch,verify,datasets,predict,export,report,zoo,models,board}``.
+
+Each command imports what it needs when it runs, so ``--help`` and quick commands answer
+without loading torch, ultralytics or papermill."""
 
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from ..metrics.segmentation import SegmentationMeter
+from ..runtime import get_device
 from . import distributed as ddp
 from .checkpoint import _unwrap, load_checkpoint, resolve_resume, save_checkpoint
 from .device import amp_dtype as resolve_amp_dtype, device_plan
@@ -150,7 +152,6 @@ def _resolve_device(device: Any) -> torch.device:
     if ddp.is_distributed():
         return ddp.local_device(device if device is not None else "auto")
     if device in (None, "auto"):
-        from bloodlib.runtime import get_device
         return get_device("auto")
     return torch.device(device)
 
@@ -321,7 +322,6 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, device: Any, num_c
     ``dice``/``iou`` = mean Dice/IoU over the foreground classes (``mDice_fg``,
     ``mIoU_fg``) and ``loss`` when ``loss_fn`` is given (then :func:`fit` skips its own
     validation-loss pass)."""
-    from bloodlib.metrics.segmentation import SegmentationMeter  # written alongside
     device = _resolve_device(device)
     amp_dtype = _amp_dtype(amp, device)
     meter = SegmentationMeter(num_classes, class_names=class_names, ignore_index=ignore_index)

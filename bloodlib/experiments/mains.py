@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 
 from ..errors import SettingError
 from ..registry import TRAINERS
+from ..inference import save_model
 from ..session import NotebookRun
 from ..models.detection import BACKBONES
 from . import blood_cancer as bc
@@ -143,7 +144,6 @@ def train_wbc_classification(run: NotebookRun, model: str, store_as: Optional[st
     _finish(run, "paper1", f"pbc_{_PBC_TASK}", "test", model, metrics, pbc.source,
             {**trained.info, "n_test": len(parts["test"])})
     if store_as:
-        from ..inference import save_model
         training = {"dataset": pbc.source, "split": f"{_PBC_TASK} train", "profile": run.profile}
         meta = wc.model_meta(trained, settings, training,
                              {"test_accuracy": ev.report.accuracy})
@@ -182,7 +182,6 @@ def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
              "train_seconds": sum(float(r.get("seconds", 0)) for r in history.rows),
              **({"pretrained": settings.pretrained} if model == "lite_unet" else {})})
     if store_as:
-        from ..inference import save_model
         meta = wcs.checkpoint_meta(model, settings, dataset=f"wbc_seg_zheng/{dataset}")
         meta.pop("knobs"), meta.pop("model")
         print("stored:", save_model(trained.cpu(), store_as, {**meta, "metrics": metrics}))

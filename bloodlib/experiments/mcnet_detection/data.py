@@ -12,12 +12,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ...data.splits import per_class_split, stratified_split, subset_coco
-from ...data.synthetic import write_detection_set
+from ...data.synthetic import write_classification_set, write_detection_set
 from ...errors import DatasetNotFoundError
 from ...autolabel import autolabel_boxes, autolabel_pbc
 from ...inference.common import build_preprocess
 from ...io import read_image
+from ...data.parsers.bccd import load_bccd
 from ...data.parsers.pbc import load_pbc, PBC_CLASSES
+from ...data.parsers.txl_pbc import load_txl_pbc
 from ...data.records import category_names
 from ...data.datasets import collate_detection, DetectionDataset
 from ...engine.detection import detection_transforms
@@ -51,10 +53,8 @@ def load_splits(dataset: str, settings: McnetConfig, work_dir: Any, seed: int = 
     work_dir = Path(work_dir)
     try:
         if dataset == "bccd":
-            from ...data.parsers.bccd import load_bccd
             splits = {s: load_bccd(s) for s in ("train", "val", "test")}
         elif dataset == "txl_pbc":
-            from ...data.parsers.txl_pbc import load_txl_pbc
             train, val = split_coco(load_txl_pbc("train"), float(settings.txl_val_fraction), seed)
             splits = {"train": train, "val": val, "test": load_txl_pbc("val")}
         else:
@@ -114,7 +114,6 @@ def load_pbc_splits(per_class: Optional[Mapping[str, int]], work_dir: Any, seed:
         need = None if per_class is None else sum(int(v) for v in per_class.values())
         records, source = load_pbc(classes=PBC_CLASSES, max_per_class=need, seed=seed), "pbc"
     except DatasetNotFoundError as exc:
-        from ...data.synthetic import write_classification_set
         warnings.warn(f"PBC: {exc} Using synthetic cell crops instead.", stacklevel=2)
         n = max(2, sum(int(v) for v in (per_class or {"train": 8, "test": 2}).values()))
         records = write_classification_set(Path(work_dir) / "synthetic_pbc", n, seed, size=96)
