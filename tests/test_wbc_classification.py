@@ -319,7 +319,7 @@ def test_pbc_duplicates_never_cross_parts(data_root):
     clean, dropped = wc.drop_conflicting(data)
     assert dropped == 2
     for protocol in ("wbc5", "paper1_80_20", "paper2_300_100_100"):
-        parts = wc.protocol_split(clean, protocol, {"val_fraction": 0.1}, seed=0)
+        parts = wc.protocol_split(clean, protocol, _settings(val_fraction=0.1), seed=0)
         owners = {}
         for k, d in parts.items():
             for h in d.hashes:
