@@ -116,3 +116,19 @@ def test_torchvision_weights_come_from_the_hub_cache_only(hub, monkeypatch):
     shutil.copy(good, hub / "resnet18-00000000.pth")
     with pytest.raises(ModelFormatError, match="SHA-256 prefix 00000000"):
         pt.torchvision_state_dict("ResNet18_Weights.IMAGENET1K_V1")
+
+
+def test_one_pretrained_rule_for_every_builder():
+    """``wants_imagenet`` is the rule both detector builders follow: off, demanded, or
+    "auto" (used when at hand, else a warning and scratch); other values fail loudly."""
+    from bloodlib.models.pretrained import wants_imagenet
+
+    for off in (False, None, "none"):
+        assert wants_imagenet("resnet50", off, True, "") is False
+    assert wants_imagenet("resnet50", True, False, "") is True  # the builder then raises
+    assert wants_imagenet("resnet50", "auto", True, "") is True
+    assert wants_imagenet("efficientnet_lite0", "auto", False, "") is True
+    with pytest.warns(UserWarning, match="put it there to fine-tune; training from scratch"):
+        assert wants_imagenet("resnet50", "auto", False, "put it there") is False
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        wants_imagenet("resnet50", "yes", True, "")

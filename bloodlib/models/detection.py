@@ -25,7 +25,6 @@ torchvision's own.
 from __future__ import annotations
 
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsNotFoundError
-from .pretrained import efficientnet_lite
+from .pretrained import efficientnet_lite, wants_imagenet
 import torchvision.models as tvm
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -83,18 +82,20 @@ def cached_weights(backbone: str) -> Optional[Any]:
 
 
 def _resolve_weights(backbone: str, pretrained: Union[bool, str]) -> Optional[Any]:
-    if pretrained in (False, None, "none") or backbone in LITE_BACKBONES:
+    """torchvision's weights enum for ``backbone`` by :func:`~bloodlib.models.pretrained.
+    wants_imagenet`'s rule, or None (random weights, or a Lite backbone: its own package)."""
+    if backbone in LITE_BACKBONES:
+        wants_imagenet(backbone, pretrained, True, "")  # validates the value
         return None
     w = cached_weights(backbone)
+    where = Path(torch.hub.get_dir()) / "checkpoints"
+    hint = (f"put the torchvision weights file (torchvision.models.{_WEIGHTS[backbone]}) "
+            f"into the torch hub cache ({where})")
+    if not wants_imagenet(backbone, pretrained, w is not None, hint):
+        return None
     if w is None:
-        where = Path(torch.hub.get_dir()) / "checkpoints"
-        msg = (f"No ImageNet weights for {backbone!r} in the torch hub cache ({where}). "
-               f"Put the torchvision weights file there (see torchvision.models."
-               f"{_WEIGHTS[backbone]}) to fine-tune, or train from scratch.")
-        if pretrained == "auto":
-            warnings.warn(msg + " Training from scratch.", stacklevel=3)
-            return None
-        raise WeightsNotFoundError(msg)
+        raise WeightsNotFoundError(f"No ImageNet weights for {backbone!r}: {hint} to "
+                                   "fine-tune, or train from scratch (pretrained=False).")
     return w
 
 

