@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 __all__ = ['BloodCancerConfig', 'MaskrcnnBackbonesConfig', 'McnetConfig', 'UnetFamilyConfig',
-           'WbcClassificationConfig', 'WcsegnetConfig', 'SegmentationSettings', 'DetectionSettings']
+           'WbcClassificationConfig', 'WcsegnetConfig', 'SegmentationSettings', 'DetectionSettings',
+           'part_caps']
 
 
 # ----------------------------------------------------------------------------- mcnet
@@ -354,3 +355,9 @@ class WcsegnetConfig:
 SegmentationSettings = Union[WcsegnetConfig, UnetFamilyConfig]
 # the settings that paper 1's detector training reads, for paper 1 and paper 2
 DetectionSettings = Union[McnetConfig, MaskrcnnBackbonesConfig]
+
+
+def part_caps(settings: Union[McnetConfig, WcsegnetConfig]) -> dict:
+    """``{"train", "val", "test"}``: the most images each part keeps (None: all of them)."""
+    return {"train": settings.max_train_images, "val": settings.max_val_images,
+            "test": settings.max_test_images}

@@ -19,6 +19,7 @@ from ..inference import save_model
 from ..session import NotebookRun
 from ..models.detection import BACKBONES
 from . import blood_cancer as bc
+from .configs import part_caps
 from . import maskrcnn_backbones as mb
 from . import mcnet_detection as mc
 from . import unet_family as uf
@@ -169,8 +170,7 @@ def train_wcsegnet(run: NotebookRun, model: str, store_as: Optional[str] = None
                                                 synthetic_images=settings.synthetic_images,
                                                 image_size=settings.image_size)
     parts = wcs.train_val_test(records, settings, split_seed)
-    caps = {"train": settings.max_train_images, "val": settings.max_val_images,
-            "test": settings.max_test_images}
+    caps = part_caps(settings)
     parts = {k: wcs.take_subset(v, caps[k], split_seed) for k, v in parts.items()}
     train = parts["train"] + parts["val"] if settings.train_on_val else parts["train"]
     trained, history, _ = wcs.train_model(model, train, parts["val"], settings, run.device,

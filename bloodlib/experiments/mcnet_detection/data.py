@@ -23,7 +23,7 @@ from ...data.parsers.txl_pbc import load_txl_pbc
 from ...data.records import category_names
 from ...data.datasets import collate_detection, DetectionDataset
 from ...engine.detection import detection_transforms
-from ..configs import McnetConfig
+from ..configs import McnetConfig, part_caps
 from .recipe import DetectorRecipe
 
 
@@ -64,10 +64,7 @@ def load_splits(dataset: str, settings: McnetConfig, work_dir: Any, seed: int = 
         warnings.warn(f"{dataset}: {exc} Using synthetic smears instead.", stacklevel=2)
         splits, source = _synthetic_splits(settings, work_dir, seed), "synthetic"
     out = {}
-    caps = {"train": settings.max_train_images, "val": settings.max_val_images,
-            "test": settings.max_test_images}
-    for i, s in enumerate(("train", "val", "test")):
-        n = caps[s]
+    for i, (s, n) in enumerate(part_caps(settings).items()):
         out[s] = subset_coco(splits[s], None if n is None else int(n), seed + i)
     return out, source
 
