@@ -4,6 +4,7 @@ time budget, evaluation helpers."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -64,6 +65,29 @@ def test_warmup_and_step_decay():
     assert lr[0] == pytest.approx(0.01)               # warmup_factor * lr
     assert np.all(np.diff(lr[:5]) > 0) and lr[4] == pytest.approx(0.1)
     assert lr[6] == pytest.approx(0.01) and lr[7] == pytest.approx(0.01)
+
+
+class SlowToyDetector(ToyDetector):
+    """A ToyDetector whose training step takes 20 ms, so a time budget binds first."""
+
+    def forward(self, images, targets=None):
+        if self.training:
+            time.sleep(0.02)
+        return super().forward(images, targets)
+
+
+def test_lr_drops_at_the_same_fraction_of_the_time_budget_when_that_comes_first():
+    """A run the clock stops long before its step milestones still gets its decays: the
+    drop at step 500 of 1000 comes at half the time budget."""
+    r = train_detector(SlowToyDetector(), _loader(), iterations=1000, lr=0.1, warmup_iters=0,
+                       lr_steps=[500], lr_gamma=0.1, time_budget_s=1.0, progress=False,
+                       grad_clip=None)
+    lr = r.log["lr"].to_numpy()
+    assert r.stop_reason == "time_budget" and r.iterations < 500
+    assert lr[0] == pytest.approx(0.1) and lr[-1] == pytest.approx(0.01)
+    first_low = int(np.argmax(lr < 0.05))
+    assert 0.3 < first_low / len(lr) < 0.7  # about half-way through the rows
+    assert set(np.round(lr, 6)) == {0.1, 0.01}
 
 
 def test_stages_set_lr_and_names():
@@ -211,3 +235,27 @@ def test_stage_lr_with_warmup_and_decay_matches_the_closed_form():
         return stage.lr * 0.5 ** (s >= 5) * warm
     assert r.log["lr"].tolist() == pytest.approx([expected(s) for s in range(7)], rel=1e-9)
     assert r.log["stage"].tolist() == ["a"] * 3 + ["b"] * 4
+
+
+def test_checkpoints_of_the_step_only_schedule_still_resume():
+    """A schedule state saved before time-aware drops (LinearLR chained with MultiStepLR)
+    loads: the warm-up's position is kept and the drops already in the lr are counted."""
+    from types import SimpleNamespace
+
+    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
+
+    from bloodlib.engine.detection import StageSchedule
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    old = ChainedScheduler([LinearLR(opt, 0.1, total_iters=4), MultiStepLR(opt, [6], 0.1)],
+                           optimizer=opt)
+    for _ in range(7):
+        opt.step()
+        old.step()
+    saved = {"stage": 0, "scheduler": old.state_dict()}
+    new = StageSchedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
+                        [Stage("train", 10, 0.1)], 4, 0.1, [6], 0.1)
+    new.load_state_dict(saved)
+    assert new.scheduler.last_epoch == 7 and new.drops is None
+    new.before_step(SimpleNamespace(state=SimpleNamespace(step=7), module=None))
+    assert new.drops == 1

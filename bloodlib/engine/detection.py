@@ -146,9 +146,11 @@ def _stage_at(stages: Sequence[Stage], step: int) -> int:
 
 class StageSchedule(Hook):
     """The detector's learning rate and trainable layers: each :class:`Stage` in turn
-    (its ``trainable`` layers, its learning rate), with torch's ``LinearLR`` warm-up and
-    ``MultiStepLR`` decay at ``lr_steps`` chained over the whole run. Writes the stage's
-    name into each step's row."""
+    (its ``trainable`` layers, its learning rate), with torch's ``LinearLR`` warm-up and a
+    decay by ``lr_gamma`` at each step count in ``lr_steps`` over the whole run. Under a
+    time budget a drop also comes at the same fraction of the budget when that is reached
+    first (milestone 750 of 1000 steps: at step 750 or at 75 % of the time), so a run that
+    the clock stops still gets its low-rate steps. Writes the stage's name into each row."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, stages: Sequence[Stage],
                  warmup_iters: int, warmup_factor: float, lr_steps: Sequence[int],
@@ -156,13 +158,16 @@ class StageSchedule(Hook):
         self.optimizer, self.stages = optimizer, list(stages)
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] = self.stages[0].lr
-        decay = (torch.optim.lr_scheduler.MultiStepLR(optimizer, list(lr_steps), lr_gamma)
-                 if lr_steps else None)
-        self.scheduler = warmup_scheduler(optimizer, warmup_iters, warmup_factor, decay)
+        self.scheduler = warmup_scheduler(optimizer, warmup_iters, warmup_factor)
+        self.lr_steps, self.lr_gamma = sorted(int(m) for m in lr_steps), float(lr_gamma)
+        self.total_steps = sum(s.iterations for s in self.stages)
+        self.drops: Optional[int] = 0  # decays applied so far (None: count them from the step)
         self.stage: int = -1  # index of the stage in force
         self._applied = False  # its trainable layers set in this process
 
     def before_step(self, loop: TrainLoop) -> None:
+        if self.drops is None:  # a checkpoint of the step-only schedule: its drops are in the lr
+            self.drops = sum(loop.state.step >= m for m in self.lr_steps)
         i = _stage_at(self.stages, loop.state.step)
         if i == self.stage and self._applied:
             return
@@ -174,22 +179,45 @@ class StageSchedule(Hook):
             set_trainable_stage(loop.module, self.stages[i].trainable)
         self.stage, self._applied = i, True
 
+    def drops_due(self, step: int, time_fraction: float) -> int:
+        """How many of ``lr_steps`` a run ``step`` steps and ``time_fraction`` of its time
+        budget in has passed."""
+        return sum(step >= m or time_fraction >= m / self.total_steps for m in self.lr_steps)
+
+    def _drops_now(self, loop: TrainLoop) -> int:
+        due = self.drops_due(loop.state.step, 0.0)
+        budget = loop.time_budget_s
+        if budget and due < len(self.lr_steps):
+            by_time = self.drops_due(loop.state.step, loop.elapsed() / budget)
+            if ddp.any_rank(by_time > due):  # under torchrun every rank drops at one step
+                due += 1
+        return due
+
     def after_step(self, loop: TrainLoop) -> None:
         loop.state.rows[-1]["stage"] = self.stages[self.stage].name
         if self.scheduler is not None:
             self.scheduler.step()
+        due = self._drops_now(loop)
+        if due > (self.drops or 0):
+            for g in self.optimizer.param_groups:
+                g["lr"] *= self.lr_gamma ** (due - (self.drops or 0))
+            self.drops = due
         if loop.state.step % 10 == 1 and loop.bar is not None:
             loop.bar.set_postfix(loss=f"{loop.state.rows[-1]['loss']:.3f}",
                                  stage=self.stages[self.stage].name)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage,
+        return {"stage": self.stage, "drops": self.drops,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.stage, self._applied = int(state["stage"]), False
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        self.drops = state.get("drops")
+        saved = state.get("scheduler")
+        if saved is not None and "_schedulers" in saved:  # warm-up chained with MultiStepLR
+            saved = saved["_schedulers"][0] if len(saved["_schedulers"]) > 1 else None
+        if self.scheduler is not None and saved is not None and "start_factor" in saved:
+            self.scheduler.load_state_dict(saved)
 
 
 def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[int] = None,
@@ -214,7 +242,8 @@ def train_detector(model: nn.Module, loader: Iterable, *, iterations: Optional[i
     Either ``iterations`` at ``lr`` (one stage, trainable layers as built) or ``stages``.
     SGD (``momentum``, ``weight_decay``); the learning rate rises linearly from
     ``warmup_factor * lr`` over ``warmup_iters`` steps and is multiplied by ``lr_gamma``
-    at each step count in ``lr_steps`` (:class:`StageSchedule`). Gradients are clipped to
+    at each step count in ``lr_steps``, or at that fraction of ``time_budget_s`` when it
+    comes first (:class:`StageSchedule`). Gradients are clipped to
     norm ``grad_clip``. ``time_budget_s`` stops after the step that passes it.
     ``evaluate(model) -> {metric: value}`` runs every ``eval_every`` steps and at the end;
     with ``keep_best`` the model ends with the weights scoring best on ``monitor``.

@@ -27,7 +27,8 @@ class DetectorRecipe:
     momentum: float
     weight_decay: float
     warmup_iters: int
-    lr_steps: list                   # fractions of the iterations where the rate drops 10x
+    lr_steps: list                   # fractions of the iterations (or of the time budget,
+                                     # whichever comes first) where the rate drops 10x
     grad_clip: Optional[float]
     batch_size: int
     hflip: float
