@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
@@ -40,12 +41,13 @@ class NotebookRun:
     figures: list[Path] = field(default_factory=list)
     results: list[Path] = field(default_factory=list)
 
-    @property
+    @cached_property
     def settings(self) -> Any:
-        """The knobs as the experiment's typed settings (``run.settings.yolo.epochs``)."""
+        """The knobs as the experiment's typed settings (``run.settings.yolo.epochs``),
+        built once."""
         return config.typed(self.experiment, self.knobs)
 
-    @property
+    @cached_property
     def checkpoints(self) -> Checkpoints:
         """Where this run's trainings keep checkpoints, and whether ``resume`` continues
         them."""
