@@ -10,7 +10,8 @@ import torch
 from bloodlib.config import get_config, get_profile
 from bloodlib.experiments import blood_cancer as bc
 
-TINY = dict(image_size=64, fpn_channels=16, mask_channels=16, batch_size=2, train_steps=2,
+TINY = dict(backbone="mobilenet_v3_large", pretrained_backbone=False, image_size=64,
+            fpn_channels=16, mask_channels=16, batch_size=2, train_steps=2,
             ablation_steps=1, time_budget_s=None, ablation_time_budget_s=None,
             detections_per_img=10, cls_size=32, cls_epochs=1, cls_batch=8, unet_steps=2,
             unet_base_channels=4, unet_batch=2, unet_time_budget_s=None, cls_time_budget_s=None,
@@ -26,7 +27,10 @@ def synth(tmp_path_factory):
 def test_profiles_registered():
     for profile in ("quick", "bench_cpu", "full"):
         k = get_profile("blood_cancer", profile)
-        assert k["backbone"] in ("mobilenet_v3_large", "resnet50") and k["image_size"] >= 256
+        assert k["backbone"] in ("efficientnet_lite0", "mobilenet_v3_large", "resnet50")
+        assert k["image_size"] >= 256
+    # quick fine-tunes the packaged ImageNet weights (from scratch 30 steps learn nothing)
+    assert get_profile("blood_cancer", "quick")["pretrained_backbone"] is True
     assert get_profile("blood_cancer", "bench_cpu")["time_budget_s"] == 3600
     assert get_profile("blood_cancer", "full")["optimizer"] == "sgd"  # the paper's optimiser
 
