@@ -257,5 +257,5 @@ def test_checkpoints_of_the_step_only_schedule_still_resume():
                         [Stage("train", 10, 0.1)], 4, 0.1, [6], 0.1)
     new.load_state_dict(saved)
     assert new.scheduler.last_epoch == 7 and new.drops is None
-    new.before_step(SimpleNamespace(state=SimpleNamespace(step=7), module=None))
+    new.before_train(SimpleNamespace(state=SimpleNamespace(step=7)))
     assert new.drops == 1

@@ -165,9 +165,11 @@ class StageSchedule(Hook):
         self.stage: int = -1  # index of the stage in force
         self._applied = False  # its trainable layers set in this process
 
-    def before_step(self, loop: TrainLoop) -> None:
+    def before_train(self, loop: TrainLoop) -> None:
         if self.drops is None:  # a checkpoint of the step-only schedule: its drops are in the lr
-            self.drops = sum(loop.state.step >= m for m in self.lr_steps)
+            self.drops = self.drops_due(loop.state.step, 0.0)
+
+    def before_step(self, loop: TrainLoop) -> None:
         i = _stage_at(self.stages, loop.state.step)
         if i == self.stage and self._applied:
             return
@@ -198,9 +200,9 @@ class StageSchedule(Hook):
         if self.scheduler is not None:
             self.scheduler.step()
         due = self._drops_now(loop)
-        if due > (self.drops or 0):
+        if due > self.drops:
             for g in self.optimizer.param_groups:
-                g["lr"] *= self.lr_gamma ** (due - (self.drops or 0))
+                g["lr"] *= self.lr_gamma ** (due - self.drops)
             self.drops = due
         if loop.state.step % 10 == 1 and loop.bar is not None:
             loop.bar.set_postfix(loss=f"{loop.state.rows[-1]['loss']:.3f}",
